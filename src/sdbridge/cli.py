@@ -1,0 +1,158 @@
+"""The ``sdbridge`` command: ``run``, ``check``, ``once``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .config import ConfigBase, load_config
+from .daemon import Daemon
+from .errors import ConfigError, SdbridgeError
+from .job import Job
+from .logfmt import setup_logging
+from .web.app import create_app
+
+log = logging.getLogger("sdbridge")
+
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9099"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+    )
+    common.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="sdbridge", description="Bridge any service registry to Prometheus."
+    )
+    parser.add_argument("--version", action="version", version=f"sdbridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", parents=[common], help="run every job until stopped")
+    run.add_argument("--config.file", "--config", dest="config", type=Path, help="config file")
+    run.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        help=f"address to serve http_sd, API, UI and metrics on (default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    run.add_argument(
+        "--web.config.file", dest="web_config", type=Path, help="TLS and basic auth config"
+    )
+
+    check = commands.add_parser("check", parents=[common], help="validate a config file")
+    check.add_argument("config", type=Path)
+
+    once = commands.add_parser(
+        "once", parents=[common], help="run one complete discovery pass, write outputs, exit"
+    )
+    once.add_argument("--config.file", "--config", dest="config", type=Path, required=True)
+    return parser
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:9099`` for IPv6)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--web.listen-address {address!r} must be host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sdbridge`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    try:
+        if args.command == "check":
+            return _check(args.config)
+        if args.command == "once":
+            return asyncio.run(_once(load_config(args.config)))
+        return asyncio.run(_run(args))
+    except ConfigError as exc:
+        print(f"sdbridge: invalid configuration:\n{exc}", file=sys.stderr)
+        return 1
+    except SdbridgeError as exc:
+        print(f"sdbridge: {exc}", file=sys.stderr)
+        return 1
+
+
+def _check(path: Path) -> int:
+    config = load_config(path)
+    mechanisms = sum(len(job.mechanism_configs()) for job in config.jobs)
+    print(f"{path}: OK ({len(config.jobs)} job(s), {mechanisms} mechanism(s))")
+    return 0
+
+
+async def _once(config: ConfigBase) -> int:
+    failures = 0
+    for job_config in config.jobs:
+        job = Job(job_config, config.global_)
+        try:
+            snapshot = await job.sync_once()
+            if job.file_output is not None:
+                await job.file_output.write_now(snapshot)
+        except SdbridgeError as exc:
+            print(f"sdbridge: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        where = job.file_output.path if job.file_output is not None else "(no file output)"
+        print(f"{job.name}: {snapshot.target_count} target(s) -> {where}")
+    return 1 if failures else 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.config is None:
+        raise ConfigError("no config file given: use --config.file FILE")
+    config = load_config(args.config)
+    daemon = Daemon(config, config_path=args.config)
+    address = args.listen_address or config.web.listen_address or DEFAULT_LISTEN_ADDRESS
+    host, port = parse_listen_address(address)
+
+    runner = web.AppRunner(create_app(daemon), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from exc
+    daemon.start()
+    log.info(
+        "sdbridge %s listening on http://%s with %d job(s)", __version__, address, len(daemon.jobs)
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_in_background(daemon))
+    await stop.wait()
+    log.info("shutting down")
+    await daemon.stop()
+    await runner.cleanup()
+    return 0
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _reload_in_background(daemon: Daemon) -> None:
+    async def reload() -> None:
+        with contextlib.suppress(ConfigError):  # already logged and counted
+            await daemon.reload()
+
+    task = asyncio.create_task(reload())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

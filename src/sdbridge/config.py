@@ -1,0 +1,276 @@
+"""The configuration file: YAML → frozen pydantic models.
+
+Each job's ``<name>_sd_configs`` keys come from the mechanism registry, so a plugin's
+mechanism is configured exactly like a built-in one. Unknown keys are errors, and every
+error names the file and its path, e.g. ``jobs[0].exec_sd_configs[0].command: ...``.
+Relative paths are resolved against the config file's directory, as Prometheus does.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from .discovery import Mechanism, mechanisms
+from .discovery.base import MechanismConfig
+from .durations import Duration
+from .errors import ConfigError
+from .relabel import RelabelConfig
+
+JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$")
+FILE_SUFFIXES = (".json", ".yml", ".yaml")
+
+
+class StrictModel(BaseModel):
+    """Frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PublishDelay(StrictModel):
+    """Quiescence: publish once changes pause for ``min``, or ``max`` after the first one."""
+
+    min: Duration = 0.25
+    max: Duration = 2.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min > self.max:
+            raise ValueError("publish_delay.min must not exceed publish_delay.max")
+        return self
+
+
+class GlobalConfig(StrictModel):
+    """Settings shared by every job."""
+
+    data_dir: Path = Path("data")
+    publish_delay: PublishDelay = PublishDelay()
+
+
+class WebConfig(StrictModel):
+    """The HTTP server (http_sd, API, UI, metrics); command-line flags take precedence."""
+
+    listen_address: str | None = None
+
+
+class GuardConfig(StrictModel):
+    """Mass-deletion protection: hold back an update that drops too many targets."""
+
+    enabled: bool = True
+    max_drop_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    confirmations: int = Field(3, ge=1)
+    hold_for: Duration = 300.0
+
+
+class OutputConfig(StrictModel):
+    """Where a job is published besides ``/sd/<job>``."""
+
+    file: Path | None = None
+    file_mode: int = 0o644
+    pretty: bool = False
+
+    @field_validator("file_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: Any) -> Any:
+        # "0644" in YAML is a string or, unquoted, the integer 644; both mean octal.
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            try:
+                mode = int(str(value), 8)
+            except ValueError:
+                raise ValueError(f"file_mode must be octal, e.g. '0644', got {value!r}") from None
+            if not 0 <= mode <= 0o777:
+                raise ValueError(f"file_mode {value!r} is out of range")
+            return mode
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _file_suffix(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix.lower() not in FILE_SUFFIXES:
+            raise ValueError(f"{value} must end in .json, .yml or .yaml for file_sd to read it")
+        return value
+
+
+class JobConfigBase(StrictModel):
+    """A job's settings other than its mechanisms."""
+
+    name: str
+    relabel_configs: list[RelabelConfig] = Field(default_factory=list)
+    guard: GuardConfig = GuardConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not JOB_NAME_RE.match(value):
+            raise ValueError(f"job name {value!r} must match {JOB_NAME_RE.pattern}")
+        return value
+
+    def mechanism_configs(self) -> list[tuple[str, MechanismConfig]]:
+        """Each mechanism config of the job with its mechanism name, in a stable order."""
+        found = []
+        for mechanism in sorted(mechanisms().values(), key=lambda m: m.name):
+            for entry in getattr(self, mechanism.config_key, ()):
+                found.append((mechanism.name, entry))
+        return found
+
+    @model_validator(mode="after")
+    def _has_mechanism(self) -> Self:
+        if not self.mechanism_configs():
+            keys = ", ".join(m.config_key for m in mechanisms().values())
+            raise ValueError(f"job {self.name!r} has no mechanism; add one of: {keys}")
+        return self
+
+
+class ConfigBase(StrictModel):
+    """The whole file."""
+
+    global_: GlobalConfig = Field(GlobalConfig(), alias="global")
+    web: WebConfig = WebConfig()
+    jobs: list[JobConfigBase] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        names: set[str] = set()
+        for job in self.jobs:
+            if job.name in names:
+                raise ValueError(f"duplicate job name {job.name!r}")
+            names.add(job.name)
+        return self
+
+    def check_output_files(self, origin: str) -> None:
+        """Raise ConfigError if two jobs write the same file (after path resolution)."""
+        files: dict[Path, str] = {}
+        for index, job in enumerate(self.jobs):
+            if job.output.file is None:
+                continue
+            key = job.output.file.resolve()
+            if key in files:
+                message = (
+                    f"{origin}: jobs[{index}].output.file: jobs {files[key]!r} and "
+                    f"{job.name!r} write the same file {job.output.file}"
+                )
+                raise ConfigError(message)
+            files[key] = job.name
+
+
+# The concrete models, built from the registry (plugins included).
+Config = ConfigBase
+JobConfig = JobConfigBase
+
+
+@cache
+def _models(registry_key: tuple[str, ...]) -> tuple[type[ConfigBase], type[JobConfigBase]]:
+    registry = mechanisms()
+    fields: dict[str, Any] = {
+        m.config_key: (list[m.config_model], Field(default_factory=list))  # type: ignore[name-defined]
+        for m in registry.values()
+    }
+    job_model = create_model("JobConfig", __base__=JobConfigBase, **fields)
+    config_model = create_model(
+        "Config",
+        __base__=ConfigBase,
+        jobs=(list[job_model], Field(default_factory=list)),
+    )
+    return config_model, job_model
+
+
+def config_models() -> tuple[type[ConfigBase], type[JobConfigBase]]:
+    """The Config and JobConfig models for the mechanisms registered now."""
+    return _models(tuple(sorted(mechanisms())))
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """``('jobs', 0, 'exec_sd_configs', 0, 'command')`` → ``jobs[0].exec_sd_configs[0].command``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _validation_messages(exc: ValidationError, origin: str) -> list[str]:
+    messages = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(
+            p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        messages.append(f"{origin}: {format_location(loc)}: {message}")
+    return messages
+
+
+def parse_config(
+    data: Any, *, origin: str = "<config>", base_dir: Path | None = None
+) -> ConfigBase:
+    """Validate decoded YAML into a Config; raise ConfigError with every error found."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the config must be a mapping, got {type(data).__name__}")
+    config_model, _ = config_models()
+    try:
+        config = config_model.model_validate(data)
+    except ValidationError as exc:
+        messages = _validation_messages(exc, origin)
+        raise ConfigError("\n".join(messages), errors=messages) from None
+    if base_dir is not None:
+        config = _resolve_paths(config, base_dir)
+    config.check_output_files(origin)
+    return config
+
+
+def _resolve_paths(config: ConfigBase, base_dir: Path) -> ConfigBase:
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else base_dir / path
+
+    jobs = []
+    for job in config.jobs:
+        output = job.output
+        if output.file is not None:
+            output = output.model_copy(update={"file": resolve(output.file)})
+        jobs.append(job.model_copy(update={"output": output}))
+    global_ = config.global_.model_copy(update={"data_dir": resolve(config.global_.data_dir)})
+    return config.model_copy(update={"jobs": jobs, "global_": global_})
+
+
+def load_config(path: Path) -> ConfigBase:
+    """Read, parse and validate a config file; errors name the file, line or path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+    return parse_config(data, origin=str(path), base_dir=path.parent.absolute())
+
+
+def mechanism_for(name: str) -> Mechanism:
+    """The registered mechanism called ``name``."""
+    return mechanisms()[name]

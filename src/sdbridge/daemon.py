@@ -1,0 +1,122 @@
+"""The daemon: runs every job of a config, serves the web endpoints, and reloads.
+
+A reload keeps every job whose config (and the global config) did not change running
+undisturbed; changed jobs are restarted, removed ones stopped. An invalid config is
+rejected and the running one stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import metrics
+from .config import ConfigBase, load_config
+from .errors import ConfigError
+from .job import Job
+
+log = logging.getLogger("sdbridge.daemon")
+
+
+class Daemon:
+    """Owns the running jobs; ``config_loader`` re-reads the config on reload."""
+
+    def __init__(
+        self,
+        config: ConfigBase,
+        *,
+        config_path: Path | None = None,
+        config_loader: Callable[[], ConfigBase] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._loader = config_loader or (lambda: load_config(self._require_path()))
+        self.jobs: dict[str, Job] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.last_reload_error: str | None = None
+        self.last_reload: float | None = None
+        self._reload_lock = asyncio.Lock()
+        self.on_jobs_changed: list[Callable[[Daemon], Any]] = []
+
+    def _require_path(self) -> Path:
+        if self.config_path is None:
+            raise ConfigError("no config file to reload: sdbridge runs its built-in default")
+        return self.config_path
+
+    @property
+    def ready(self) -> bool:
+        """Whether every job has synced or serves its last-known-good state."""
+        return all(job.snapshot is not None for job in self.jobs.values())
+
+    def start(self) -> None:
+        """Start every job of the current config."""
+        for job_config in self.config.jobs:
+            self._start_job(Job(job_config, self.config.global_))
+        metrics.CONFIG_RELOAD_SUCCESS.set(1)
+        metrics.CONFIG_RELOAD_TIMESTAMP.set(time.time())
+        self.last_reload = time.time()
+
+    def _start_job(self, job: Job) -> None:
+        self.jobs[job.name] = job
+        task = asyncio.create_task(job.run(), name=f"job/{job.name}")
+        task.add_done_callback(partial_log_crash(job.name))
+        self._tasks[job.name] = task
+
+    async def _stop_job(self, name: str) -> None:
+        task = self._tasks.pop(name)
+        self.jobs.pop(name)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        metrics.forget_job(name)
+
+    async def reload(self) -> None:
+        """Re-read the config and apply it; raise ConfigError and keep running if invalid."""
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(self._loader)
+            except ConfigError as exc:
+                metrics.CONFIG_RELOAD_SUCCESS.set(0)
+                self.last_reload_error = str(exc)
+                log.error("config reload failed, the running config stays: %s", exc)
+                raise
+            await self._apply(new)
+            self.last_reload_error = None
+            self.last_reload = time.time()
+            metrics.CONFIG_RELOAD_SUCCESS.set(1)
+            metrics.CONFIG_RELOAD_TIMESTAMP.set(self.last_reload)
+            log.info("config reloaded: %d job(s)", len(self.jobs))
+
+    async def _apply(self, new: ConfigBase) -> None:
+        global_changed = new.global_ != self.config.global_
+        wanted = {job.name: job for job in new.jobs}
+        for name in list(self.jobs):
+            current = self.jobs[name]
+            if global_changed or name not in wanted or wanted[name] != current.config:
+                await self._stop_job(name)
+        for name, job_config in wanted.items():
+            if name not in self.jobs:
+                self._start_job(Job(job_config, new.global_))
+        self.config = new
+        for callback in self.on_jobs_changed:
+            callback(self)
+
+    async def stop(self) -> None:
+        """Stop every job; in-flight file writes finish first."""
+        for name in list(self.jobs):
+            await self._stop_job(name)
+
+
+def partial_log_crash(name: str) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback that logs a job task that died of anything but cancellation."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s stopped unexpectedly", name, exc_info=task.exception())
+
+    return done

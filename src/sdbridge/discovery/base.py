@@ -1,0 +1,277 @@
+"""The Discoverer contract and the thick base every mechanism builds on.
+
+A mechanism is a class with ``async def run(self, send)``. ``run`` returns only when
+cancelled; its first ``send`` is the full set of target groups, later sends carry the
+changed groups keyed by ``source``, and a group with no targets removes its source.
+A send with an empty list means "synced, nothing changed".
+
+Polling mechanisms subclass :class:`RefreshDiscoverer` and implement ``refresh()``,
+which returns the full set or raises: the base supplies the interval, the diffing,
+backoff with jitter, metrics, status and "raise means keep the last good".
+Watch-based mechanisms implement ``run`` and use :class:`GroupDiff`, :class:`Backoff`
+and :meth:`DiscoveryContext.record_success` / :meth:`record_failure` for the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .. import metrics
+from ..durations import Duration
+from ..errors import SdbridgeError
+from ..model import TargetGroup
+
+Send = Callable[[list[TargetGroup]], Awaitable[None]]
+"""What a discoverer calls with its updates."""
+
+log = logging.getLogger("sdbridge.discovery")
+
+
+class Discoverer(Protocol):
+    """The whole SDK contract: run until cancelled, sending updates."""
+
+    async def run(self, send: Send) -> None:
+        """Discover targets and call ``send`` with updates; return only when cancelled."""
+        ...
+
+
+class MechanismConfig(BaseModel):
+    """Base of every ``<name>_sd_configs`` entry: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RefreshConfig(MechanismConfig):
+    """Config of a polling mechanism."""
+
+    refresh_interval: Duration = 60.0
+
+
+@dataclass
+class MechanismStatus:
+    """What the job, the API and the UI know of one mechanism's health."""
+
+    synced: bool = False
+    last_success: float | None = None
+    last_error: str | None = None
+    failing_since: float | None = None
+    refreshes: int = 0
+    failures: int = 0
+
+
+@dataclass
+class DiscoveryContext:
+    """Where a discoverer runs: its job, mechanism name and index, logger, status."""
+
+    job: str
+    mechanism: str
+    index: int = 0
+    data_dir: Path | None = None
+    status: MechanismStatus = field(default_factory=MechanismStatus)
+
+    def __post_init__(self) -> None:
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"sdbridge.discovery.{self.mechanism}"),
+            {"job": self.job, "mechanism": self.mechanism, "index": self.index},
+        )
+        labels = {"job": self.job, "mechanism": self.mechanism}
+        self._requests = metrics.BACKEND_REQUESTS.labels(**labels)
+        self._refreshes = metrics.REFRESH_TOTAL.labels(**labels)
+        self._failures = metrics.REFRESH_FAILURES.labels(**labels)
+        self._duration = metrics.REFRESH_DURATION.labels(**labels)
+        self._up = metrics.MECHANISM_UP.labels(**labels)
+        self._invalid = metrics.INVALID_TARGETS.labels(**labels)
+
+    def count_request(self, n: int = 1) -> None:
+        """Count requests sent to the backend."""
+        self._requests.inc(n)
+
+    def record_invalid(self, what: str, error: Exception | str) -> None:
+        """Report one backend object skipped as invalid, naming it; the rest goes on."""
+        self._invalid.inc()
+        self.logger.warning("skipping invalid backend object %s: %s", what, error)
+
+    def record_success(self, duration: float | None = None) -> None:
+        """Mark a completed sync; logs recovery once."""
+        status = self.status
+        if status.failing_since is not None:
+            self.logger.info("mechanism recovered after %d failure(s)", status.failures)
+        status.synced = True
+        status.last_success = time.time()
+        status.last_error = None
+        status.failing_since = None
+        status.refreshes += 1
+        self._refreshes.inc()
+        self._up.set(1)
+        if duration is not None:
+            self._duration.observe(duration)
+
+    def record_failure(self, error: BaseException, duration: float | None = None) -> None:
+        """Mark a failed sync; logs only when the failure starts or its message changes."""
+        status = self.status
+        message = _describe(error)
+        if status.failing_since is None or status.last_error != message:
+            # A bug (not a backend problem) deserves its traceback, once.
+            exc_info = error if not isinstance(error, SdbridgeError | OSError) else None
+            self.logger.error(
+                "refresh failed, keeping the last good targets: %s", message, exc_info=exc_info
+            )
+        if status.failing_since is None:
+            status.failing_since = time.time()
+        status.last_error = message
+        status.refreshes += 1
+        status.failures += 1
+        self._refreshes.inc()
+        self._failures.inc()
+        self._up.set(0)
+        if duration is not None:
+            self._duration.observe(duration)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return text if text else type(error).__name__
+
+
+C = TypeVar("C", bound=MechanismConfig)
+
+
+class BaseDiscoverer(Generic[C]):
+    """Holds a mechanism's config and context."""
+
+    def __init__(self, config: C, context: DiscoveryContext) -> None:
+        self.config = config
+        self.context = context
+        self.log = context.logger
+
+    async def run(self, send: Send) -> None:  # pragma: no cover - abstract
+        """Discover targets until cancelled."""
+        raise NotImplementedError
+
+
+class GroupDiff:
+    """Turns successive full sets into the changes the contract sends.
+
+    The first call returns the whole set; later calls return only groups that changed,
+    plus an empty group for each source that disappeared.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, TargetGroup] | None = None
+
+    def reset(self) -> None:
+        """Forget the last set: the next call returns a full set again."""
+        self._last = None
+
+    def changes(self, groups: list[TargetGroup]) -> list[TargetGroup]:
+        """Return what changed since the previous full set; raise on duplicate sources."""
+        current: dict[str, TargetGroup] = {}
+        for group in groups:
+            if group.source in current:
+                raise SdbridgeError(f"duplicate source {group.source!r} in one refresh")
+            current[group.source] = group
+        previous, self._last = self._last, current
+        if previous is None:
+            return list(current.values())
+        changed = [g for s, g in current.items() if previous.get(s) != g]
+        changed.extend(TargetGroup(source=s) for s in previous.keys() - current.keys())
+        return changed
+
+
+class Backoff:
+    """Exponential backoff with full jitter between ``initial`` and ``maximum`` seconds."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
+        self.initial = initial
+        self.maximum = max(maximum, initial)
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; grows after every call until reset."""
+        ceiling = min(self.maximum, self.initial * 2**self.attempts)
+        self.attempts += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start again from ``initial`` after a success."""
+        self.attempts = 0
+
+
+RC = TypeVar("RC", bound=RefreshConfig)
+
+
+class RefreshDiscoverer(BaseDiscoverer[RC]):
+    """A polling mechanism: implement :meth:`refresh`, which returns the full set or raises.
+
+    A refresh that raises sends nothing, so the job keeps the last good targets; the
+    next attempt follows a jittered exponential backoff capped at the refresh interval.
+    Subclasses may also implement :meth:`watch` (run alongside the loop) and call
+    :meth:`request_refresh` to refresh early, e.g. on a backend event.
+    """
+
+    initial_backoff: ClassVar[float] = 1.0
+
+    def __init__(self, config: RC, context: DiscoveryContext) -> None:
+        super().__init__(config, context)
+        self._wakeup = asyncio.Event()
+
+    async def refresh(self) -> list[TargetGroup]:
+        """Return the full current set of target groups, or raise."""
+        raise NotImplementedError
+
+    async def watch(self) -> None:
+        """Optionally follow backend events and call :meth:`request_refresh`; default: none."""
+        await asyncio.Event().wait()
+
+    def request_refresh(self) -> None:
+        """Refresh as soon as possible instead of waiting for the interval."""
+        self._wakeup.set()
+
+    async def run(self, send: Send) -> None:
+        """Refresh forever; send the changes of each successful refresh."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.watch())
+            await self._refresh_loop(send)
+
+    async def _refresh_loop(self, send: Send) -> None:
+        diff = GroupDiff()
+        interval = self.config.refresh_interval
+        backoff = Backoff(self.initial_backoff, max(interval, self.initial_backoff))
+        while True:
+            self._wakeup.clear()
+            started = time.monotonic()
+            try:
+                changes = diff.changes(await self.refresh())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.context.record_failure(exc, time.monotonic() - started)
+                delay = min(backoff.next_delay(), interval)
+            else:
+                self.context.record_success(time.monotonic() - started)
+                backoff.reset()
+                await send(changes)
+                delay = interval
+            await self._sleep(delay)
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+
+
+def run_for(discoverer: Any) -> Callable[[Send], Awaitable[None]]:
+    """The bound ``run`` of a discoverer, checked to exist (plugins are untrusted)."""
+    run = getattr(discoverer, "run", None)
+    if not callable(run):
+        raise TypeError(f"{type(discoverer).__name__} has no run(send) method")
+    return run  # type: ignore[no-any-return]

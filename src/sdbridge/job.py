@@ -1,0 +1,337 @@
+"""One job: runs its mechanisms, merges their updates, relabels, guards and publishes.
+
+State is the merge of every mechanism's groups keyed by (config index, source). Each
+group is relabeled and rendered once when it arrives; a publish sorts the cached
+entries into a :class:`Snapshot` and hands it to the outputs. Nothing is published
+until every mechanism has completed its first sync; a burst of changes is batched by
+the quiescence delay (``publish_delay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from . import metrics
+from .config import GlobalConfig, JobConfigBase
+from .discovery import mechanisms
+from .discovery.base import Backoff, Discoverer, DiscoveryContext, MechanismConfig
+from .errors import DiscoveryError, InvalidTargetError
+from .guard import Guard
+from .model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, is_valid_label_name
+from .outputs import Output
+from .outputs.file import FileOutput
+from .relabel import Rule, compile_rules, process
+from .render import Entry, Snapshot, make_entry, sort_entries
+
+log = logging.getLogger("sdbridge.job")
+
+GroupKey = tuple[int, str]
+RenderedGroups = list[tuple[GroupKey, list[Entry] | None]]
+
+# Updates bigger than this are rendered off the event loop, so the API stays responsive.
+_RENDER_IN_THREAD_ABOVE = 2000
+
+
+class MechanismRunner:
+    """One ``<name>_sd_configs`` entry of a job: its config, context and discoverer."""
+
+    def __init__(
+        self, job: str, index: int, name: str, config: MechanismConfig, global_config: GlobalConfig
+    ) -> None:
+        self.name = name
+        self.index = index
+        self.config = config
+        self.context = DiscoveryContext(
+            job=job, mechanism=name, index=index, data_dir=global_config.data_dir
+        )
+        self.discoverer: Discoverer = mechanisms()[name].factory(config, self.context)
+
+    @property
+    def label(self) -> str:
+        """Where this mechanism sits in the config, e.g. ``exec_sd_configs[0]``."""
+        return f"{self.name}_sd_configs[{self.index}]"
+
+
+class Job:
+    """A running job. Create it, then ``await run()`` until cancelled."""
+
+    def __init__(
+        self,
+        config: JobConfigBase,
+        global_config: GlobalConfig,
+        *,
+        extra_outputs: Sequence[Output] = (),
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.global_config = global_config
+        self.runners = [
+            MechanismRunner(config.name, index, name, mech_config, global_config)
+            for index, (name, mech_config) in enumerate(config.mechanism_configs())
+        ]
+        self.outputs: list[Output] = list(extra_outputs)
+        self.file_output: FileOutput | None = None
+        if config.output.file is not None:
+            self.file_output = FileOutput(
+                config.name,
+                config.output.file,
+                mode=config.output.file_mode,
+                pretty=config.output.pretty,
+            )
+            self.outputs.append(self.file_output)
+        self.guard = Guard(config.guard, job=config.name)
+        self._rules: list[Rule] = compile_rules(config.relabel_configs)
+        self._groups: dict[GroupKey, list[Entry]] = {}
+        self._dirty = False
+        self._changed = asyncio.Event()
+        self._published = asyncio.Event()
+        self._snapshot: Snapshot | None = None
+        self.last_publish: float | None = None
+        self._targets_gauge = metrics.JOB_TARGETS.labels(job=self.name)
+        self._groups_gauge = metrics.JOB_GROUPS.labels(job=self.name)
+        self._synced_gauge = metrics.JOB_SYNCED.labels(job=self.name)
+        self._stale_gauge = metrics.JOB_STALE.labels(job=self.name)
+        self._last_success = metrics.LAST_SUCCESS.labels(job=self.name)
+        self._publish_duration = metrics.PUBLISH_DURATION.labels(job=self.name)
+        self._http_published = metrics.PUBLISH_TOTAL.labels(job=self.name, output="http")
+        self._synced_gauge.set(0)
+
+    # --- state -------------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The snapshot being served, or None before the first complete sync."""
+        return self._snapshot
+
+    @property
+    def synced(self) -> bool:
+        """Whether every mechanism has completed its first sync."""
+        return all(r.context.status.synced for r in self.runners)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Serve a last-known-good snapshot until the first complete sync replaces it."""
+        if self._snapshot is None:
+            self._set_snapshot(snapshot)
+
+    async def wait_published(self) -> Snapshot:
+        """Wait until a snapshot from a complete sync has been published."""
+        await self._published.wait()
+        assert self._snapshot is not None
+        return self._snapshot
+
+    # --- running -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run mechanisms, the publisher and the outputs until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            for output in self.outputs:
+                tasks.create_task(output.run(), name=f"{self.name}/output/{output.name}")
+            for runner in self.runners:
+                tasks.create_task(self._supervise(runner), name=f"{self.name}/{runner.label}")
+            tasks.create_task(self._publish_loop(), name=f"{self.name}/publish")
+
+    async def sync_once(self) -> Snapshot:
+        """Run every mechanism until its first sync and publish the result once.
+
+        Raises DiscoveryError naming the mechanisms whose first refresh failed.
+        """
+        delay = self.global_config.publish_delay.model_copy(update={"min": 0.0, "max": 0.0})
+        self.global_config = self.global_config.model_copy(update={"publish_delay": delay})
+        tasks = [asyncio.create_task(self._supervise(r)) for r in self.runners]
+        tasks.append(asyncio.create_task(self._publish_loop()))
+        try:
+            while not self._published.is_set():
+                failed = [r for r in self.runners if r.context.status.failures]
+                if failed:
+                    details = "; ".join(f"{r.label}: {r.context.status.last_error}" for r in failed)
+                    raise DiscoveryError(f"job {self.name!r}: {details}")
+                await asyncio.sleep(0.02)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert self._snapshot is not None
+        return self._snapshot
+
+    async def _supervise(self, runner: MechanismRunner) -> None:
+        """Keep a discoverer running: a crash is recorded, backed off and restarted."""
+        backoff = Backoff(1.0, 30.0)
+        send = partial(self._receive, runner)
+        while True:
+            try:
+                await runner.discoverer.run(send)
+                raise DiscoveryError("run() returned; a discoverer must run until cancelled")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                runner.context.record_failure(exc)
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _receive(self, runner: MechanismRunner, groups: list[TargetGroup]) -> None:
+        """The ``send`` a discoverer calls: merge its changed groups into the job."""
+        try:
+            rendered = await self._render_groups(runner, groups)
+        except InvalidTargetError as exc:
+            # Not a list of TargetGroups (a broken plugin): a failed refresh, state stays.
+            runner.context.record_failure(exc)
+            return
+        first_sync = not runner.context.status.synced
+        runner.context.status.synced = True
+        for key, entries in rendered:
+            if entries is None:
+                self._groups.pop(key, None)
+            else:
+                self._groups[key] = entries
+        if rendered or first_sync:
+            self._dirty = True
+        self.guard.observe_sync()
+        self._changed.set()
+
+    async def _render_groups(
+        self, runner: MechanismRunner, groups: list[TargetGroup]
+    ) -> RenderedGroups:
+        untrusted: object = groups  # plugins are untrusted
+        if not isinstance(untrusted, list) or not all(
+            isinstance(g, TargetGroup) for g in untrusted
+        ):
+            raise InvalidTargetError(
+                f"{runner.label} sent {type(groups).__name__}, not TargetGroups"
+            )
+        work = partial(self._render_all, runner, groups)
+        if sum(len(g.targets) for g in groups) > _RENDER_IN_THREAD_ABOVE:
+            return await asyncio.to_thread(work)
+        return work()
+
+    def _render_all(self, runner: MechanismRunner, groups: list[TargetGroup]) -> RenderedGroups:
+        result: RenderedGroups = []
+        for group in groups:
+            key = (runner.index, group.source)
+            if not group.targets:
+                result.append((key, None))
+                continue
+            entries = []
+            for labels in group.merged_targets():
+                entry = self._process_target(runner, group.source, labels)
+                if entry is not None:
+                    entries.append(entry)
+            result.append((key, entries))
+        return result
+
+    def _process_target(
+        self, runner: MechanismRunner, source: str, labels: LabelSet
+    ) -> Entry | None:
+        if self._rules:
+            relabeled = process(labels, self._rules)
+            if relabeled is None:
+                return None
+            problem = _relabel_problem(relabeled)
+            if problem:
+                runner.context.record_invalid(f"{runner.label} source {source!r}", problem)
+                return None
+            labels = relabeled
+        return make_entry(labels)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            await self._quiesce()
+            if self.synced:
+                self._synced_gauge.set(1)
+                self._last_success.set(time.time())
+                if self._dirty:
+                    self._dirty = False
+                    await self._publish()
+
+    async def _quiesce(self) -> None:
+        """Wait until changes pause for ``min``, but no longer than ``max``."""
+        delay = self.global_config.publish_delay
+        deadline = time.monotonic() + delay.max
+        while True:
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(delay.min, remaining))
+            except TimeoutError:
+                self._changed.clear()
+                return
+
+    async def _publish(self) -> None:
+        started = time.perf_counter()
+        entries = [e for group in self._groups.values() for e in group]
+        snapshot = await asyncio.to_thread(_build, self.name, entries, len(self._groups))
+        previous = self._snapshot
+        if previous is not None and not previous.stale and previous.body == snapshot.body:
+            self._published.set()
+            return
+        if previous is not None and not self.guard.admit(
+            previous.target_count, snapshot.target_count
+        ):
+            # Re-evaluate on every later sync, and when hold_for runs out.
+            self._dirty = True
+            wait = self.guard.seconds_until_release()
+            if wait is not None:
+                asyncio.get_running_loop().call_later(wait + 0.01, self._changed.set)
+            return
+        self._set_snapshot(snapshot)
+        self._published.set()
+        self._publish_duration.observe(time.perf_counter() - started)
+
+    def _set_snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self.last_publish = time.time()
+        self._targets_gauge.set(snapshot.target_count)
+        self._groups_gauge.set(snapshot.groups)
+        self._stale_gauge.set(1 if snapshot.stale else 0)
+        self._http_published.inc()
+        for output in self.outputs:
+            output.publish(snapshot)
+
+    def status(self) -> dict[str, Any]:
+        """The job's state for the API and UI; secrets in configs are masked."""
+        snapshot = self._snapshot
+        return {
+            "name": self.name,
+            "synced": self.synced,
+            "stale": snapshot.stale if snapshot is not None else None,
+            "targets": snapshot.target_count if snapshot is not None else 0,
+            "groups": snapshot.groups if snapshot is not None else 0,
+            "last_publish": self.last_publish,
+            "guard": self.guard.status(),
+            "mechanisms": [
+                {
+                    "name": r.name,
+                    "index": r.index,
+                    "config": r.config.model_dump(mode="json"),
+                    **vars(r.context.status),
+                }
+                for r in self.runners
+            ],
+            "outputs": [
+                {"name": o.name, "path": str(o.path), "last_error": o.last_error}
+                for o in self.outputs
+                if isinstance(o, FileOutput)
+            ],
+        }
+
+
+def _build(job: str, entries: list[Entry], groups: int) -> Snapshot:
+    return Snapshot.build(job, sort_entries(entries), groups=groups)
+
+
+def _relabel_problem(labels: LabelSet) -> str | None:
+    address = labels.get(ADDRESS_LABEL)
+    if not address:
+        return "no __address__ left after relabeling"
+    if not is_valid_address(address):
+        return f"__address__ {address!r} is not host:port after relabeling"
+    for name in labels:
+        if not is_valid_label_name(name):
+            return f"invalid label name {name!r} after relabeling"
+    return None

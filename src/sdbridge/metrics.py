@@ -1,0 +1,94 @@
+"""sdbridge's own metrics, declared once.
+
+All live in prometheus_client's default registry, next to the process and Python
+collectors. They are updated directly from the event loop: they are cheap and locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_JOB = ("job",)
+_MECHANISM = ("job", "mechanism")
+
+# Per job.
+JOB_TARGETS = Gauge("sdbridge_job_targets", "Targets currently published by the job.", _JOB)
+JOB_GROUPS = Gauge("sdbridge_job_groups", "Target groups currently merged in the job.", _JOB)
+JOB_SYNCED = Gauge(
+    "sdbridge_job_synced", "1 once every mechanism of the job completed its first sync.", _JOB
+)
+JOB_STALE = Gauge(
+    "sdbridge_job_stale",
+    "1 while the job serves last-known-good state loaded from disk, not a fresh sync.",
+    _JOB,
+)
+LAST_SUCCESS = Gauge(
+    "sdbridge_last_success_timestamp_seconds",
+    "Unix time of the job's last successful publish.",
+    _JOB,
+)
+PUBLISH_TOTAL = Counter(
+    "sdbridge_publish_total", "Snapshots published, by output.", ("job", "output")
+)
+PUBLISH_FAILURES = Counter(
+    "sdbridge_publish_failures_total", "Failed output writes, by output.", ("job", "output")
+)
+PUBLISH_DURATION = Histogram(
+    "sdbridge_publish_duration_seconds",
+    "Time to relabel, render and hand a snapshot to the outputs.",
+    _JOB,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+INVALID_TARGETS = Counter(
+    "sdbridge_invalid_targets_total",
+    "Backend objects rejected as invalid targets.",
+    _MECHANISM,
+)
+
+# Per mechanism.
+REFRESH_TOTAL = Counter("sdbridge_refresh_total", "Refreshes attempted.", _MECHANISM)
+REFRESH_FAILURES = Counter(
+    "sdbridge_refresh_failures_total", "Refreshes that failed and sent nothing.", _MECHANISM
+)
+REFRESH_DURATION = Histogram(
+    "sdbridge_refresh_duration_seconds",
+    "Duration of refreshes, successful or not.",
+    _MECHANISM,
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BACKEND_REQUESTS = Counter(
+    "sdbridge_backend_requests_total", "Requests sent to the backend.", _MECHANISM
+)
+MECHANISM_UP = Gauge(
+    "sdbridge_mechanism_up",
+    "1 if the mechanism's last refresh succeeded, 0 if it failed.",
+    _MECHANISM,
+)
+
+# Guard (mass-deletion protection).
+GUARD_HOLDING = Gauge(
+    "sdbridge_guard_holding",
+    "1 while the guard holds the previous targets back from a large drop.",
+    _JOB,
+)
+GUARD_HOLDS = Counter(
+    "sdbridge_guard_holds_total", "Updates held back by the mass-deletion guard.", _JOB
+)
+
+# Configuration.
+CONFIG_RELOAD_SUCCESS = Gauge(
+    "sdbridge_config_last_reload_successful", "Whether the last configuration reload succeeded."
+)
+CONFIG_RELOAD_TIMESTAMP = Gauge(
+    "sdbridge_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last successful configuration reload.",
+)
+
+
+def forget_job(job: str) -> None:
+    """Drop a removed job's per-job series so /metrics does not report ghosts."""
+    for gauge in (JOB_TARGETS, JOB_GROUPS, JOB_SYNCED, JOB_STALE, LAST_SUCCESS, GUARD_HOLDING):
+        with contextlib.suppress(KeyError):
+            gauge.remove(job)

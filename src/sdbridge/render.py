@@ -1,0 +1,113 @@
+"""Target groups → deterministic file_sd / http_sd bytes.
+
+Every target becomes its own group carrying its merged labels, because file_sd and
+http_sd carry labels only at group level. Entries are sorted by ``__address__``, then
+by labels, keys are sorted, and empty label values (the same as absent, to
+Prometheus) are dropped, so equal target sets always render to equal bytes.
+Each entry is serialized once, when its group arrives; a publish only sorts and joins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from hashlib import blake2b
+
+import orjson
+import yaml
+
+from .model import ADDRESS_LABEL, LabelSet
+
+SortKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One rendered target: its sort key, its labels and its JSON bytes."""
+
+    key: SortKey
+    labels: LabelSet
+    json: bytes
+
+
+def make_entry(labels: LabelSet) -> Entry:
+    """Render one target's full label set (with ``__address__``) into an entry."""
+    clean = {k: v for k, v in labels.items() if v != ""}
+    address = clean[ADDRESS_LABEL]
+    group_labels = {k: clean[k] for k in sorted(clean) if k != ADDRESS_LABEL}
+    body = orjson.dumps({"labels": group_labels, "targets": [address]})
+    return Entry((address, tuple(group_labels.items())), clean, body)
+
+
+def render_json(entries: Iterable[Entry], *, pretty: bool = False) -> bytes:
+    """The file_sd JSON document of already sorted, deduplicated entries."""
+    body = b"[" + b",".join(e.json for e in entries) + b"]"
+    if pretty:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n"
+    return body
+
+
+_YamlDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def render_yaml(entries: Iterable[Entry]) -> bytes:
+    """The file_sd YAML document of already sorted entries (block style, keys sorted)."""
+    data = [
+        {
+            "labels": {k: v for k, v in e.labels.items() if k != ADDRESS_LABEL},
+            "targets": [e.labels[ADDRESS_LABEL]],
+        }
+        for e in entries
+    ]
+    text = yaml.dump(
+        data, Dumper=_YamlDumper, sort_keys=True, allow_unicode=True, default_flow_style=False
+    )
+    return text.encode("utf-8")
+
+
+def sort_entries(entries: Iterable[Entry]) -> list[Entry]:
+    """Sort entries by address then labels, dropping exact duplicates."""
+    ordered = sorted(entries, key=lambda e: e.key)
+    unique: list[Entry] = []
+    for entry in ordered:
+        if not unique or unique[-1].key != entry.key:
+            unique.append(entry)
+    return unique
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An immutable published state of one job: its bytes and what they were made from."""
+
+    job: str
+    entries: tuple[Entry, ...]
+    body: bytes
+    etag: str
+    created: float = field(default_factory=time.time)
+    stale: bool = False  # loaded from last-known-good state, not from a fresh sync
+    groups: int = 0
+
+    @classmethod
+    def build(
+        cls, job: str, entries: list[Entry], *, groups: int = 0, stale: bool = False
+    ) -> Snapshot:
+        """Render sorted ``entries`` into a snapshot."""
+        body = render_json(entries)
+        return cls(
+            job=job,
+            entries=tuple(entries),
+            body=body,
+            etag=blake2b(body, digest_size=16).hexdigest(),
+            stale=stale,
+            groups=groups,
+        )
+
+    @property
+    def target_count(self) -> int:
+        """How many targets the snapshot holds."""
+        return len(self.entries)
+
+    def targets(self) -> list[LabelSet]:
+        """Each target's full label set, in output order."""
+        return [e.labels for e in self.entries]

@@ -1,0 +1,1 @@
+"""The HTTP server: http_sd, health, reload, metrics, API and UI."""

@@ -1,0 +1,1 @@
+"""Start and stop real servers for tests, on loopback, with temporary data directories."""
