@@ -126,7 +126,11 @@ class ManagedProcess:
 
 @contextlib.contextmanager
 def managed(
-    argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[ManagedProcess]:
     """Run ``argv`` for the duration of a with-block."""
     process = ManagedProcess(argv, log_path=log_path, env=env, cwd=cwd)

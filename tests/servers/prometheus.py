@@ -66,8 +66,15 @@ class Prometheus:
 
     def discovered_labels(self, job: str) -> list[dict[str, str]]:
         """Each active target's discovered labels, minus what Prometheus adds itself."""
-        added = {"__meta_filepath", "__meta_url", "__scheme__", "__metrics_path__",
-                 "__scrape_interval__", "__scrape_timeout__", "job"}
+        added = {
+            "__meta_filepath",
+            "__meta_url",
+            "__scheme__",
+            "__metrics_path__",
+            "__scrape_interval__",
+            "__scrape_timeout__",
+            "job",
+        }
         found = [
             {k: v for k, v in t["discoveredLabels"].items() if k not in added}
             for t in self.active_targets(job)
