@@ -26,19 +26,36 @@ log = logging.getLogger("sdbridge")
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9099"
 
 
+def _log_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Accepted before and after the command; a subcommand's flag must not reset the
+    # top-level one, so only the top level has defaults.
+    level_default = "info" if defaults else argparse.SUPPRESS
+    format_default = "logfmt" if defaults else argparse.SUPPRESS
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        default=level_default,
+        choices=["debug", "info", "warn", "error"],
+        help="log level (default info)",
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        default=format_default,
+        choices=["logfmt", "json"],
+        help="log format (default logfmt)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
-    )
-    common.add_argument(
-        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
-    )
+    _log_flags(common, defaults=False)
 
     parser = argparse.ArgumentParser(
         prog="sdbridge", description="Bridge any service registry to Prometheus."
     )
     parser.add_argument("--version", action="version", version=f"sdbridge {__version__}")
+    _log_flags(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[common], help="run every job until stopped")
@@ -129,9 +146,8 @@ async def _run(args: argparse.Namespace) -> int:
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from exc
     daemon.start()
-    log.info(
-        "sdbridge %s listening on http://%s with %d job(s)", __version__, address, len(daemon.jobs)
-    )
+    bound = ", ".join(f"http://{_format_address(a)}" for a in runner.addresses) or address
+    log.info("sdbridge %s listening on %s with %d job(s)", __version__, bound, len(daemon.jobs))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,6 +159,13 @@ async def _run(args: argparse.Namespace) -> int:
     await daemon.stop()
     await runner.cleanup()
     return 0
+
+
+def _format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
 
 
 _background: set[asyncio.Task[None]] = set()

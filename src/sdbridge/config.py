@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from .discovery import Mechanism, mechanisms
-from .discovery.base import MechanismConfig
+from .discovery.base import MechanismConfig, resolve_path
 from .durations import Duration
 from .errors import ConfigError
 from .relabel import RelabelConfig
@@ -144,29 +144,32 @@ class ConfigBase(StrictModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> Self:
-        names: set[str] = set()
-        for job in self.jobs:
-            if job.name in names:
-                raise ValueError(f"duplicate job name {job.name!r}")
-            names.add(job.name)
-        return self
+    def check_jobs(self, origin: str) -> None:
+        """Raise ConfigError for duplicate job names or two jobs writing the same file.
 
-    def check_output_files(self, origin: str) -> None:
-        """Raise ConfigError if two jobs write the same file (after path resolution)."""
+        Run after path resolution, so ``a.json`` and ``./a.json`` are the same file.
+        """
+        messages = []
+        names: dict[str, int] = {}
         files: dict[Path, str] = {}
         for index, job in enumerate(self.jobs):
+            if job.name in names:
+                messages.append(
+                    f"{origin}: jobs[{index}].name: duplicate job name {job.name!r} "
+                    f"(also jobs[{names[job.name]}])"
+                )
+            names.setdefault(job.name, index)
             if job.output.file is None:
                 continue
             key = job.output.file.resolve()
             if key in files:
-                message = (
+                messages.append(
                     f"{origin}: jobs[{index}].output.file: jobs {files[key]!r} and "
                     f"{job.name!r} write the same file {job.output.file}"
                 )
-                raise ConfigError(message)
-            files[key] = job.name
+            files.setdefault(key, job.name)
+        if messages:
+            raise ConfigError("\n".join(messages), errors=messages)
 
 
 # The concrete models, built from the registry (plugins included).
@@ -215,6 +218,9 @@ def _validation_messages(exc: ValidationError, origin: str) -> list[str]:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+            if loc and isinstance(loc[-1], str) and loc[-1].endswith("_sd_configs"):
+                known = ", ".join(sorted(m.config_key for m in mechanisms().values()))
+                message = f"unknown mechanism (known: {known}; is its plugin installed?)"
         messages.append(f"{origin}: {format_location(loc)}: {message}")
     return messages
 
@@ -233,23 +239,30 @@ def parse_config(
     except ValidationError as exc:
         messages = _validation_messages(exc, origin)
         raise ConfigError("\n".join(messages), errors=messages) from None
-    if base_dir is not None:
-        config = _resolve_paths(config, base_dir)
-    config.check_output_files(origin)
+    config = resolve_paths(config, base_dir if base_dir is not None else Path.cwd())
+    config.check_jobs(origin)
     return config
 
 
-def _resolve_paths(config: ConfigBase, base_dir: Path) -> ConfigBase:
-    def resolve(path: Path) -> Path:
-        return path if path.is_absolute() else base_dir / path
+def resolve_paths(config: ConfigBase, base_dir: Path) -> ConfigBase:
+    """Resolve every relative path of ``config`` against ``base_dir`` (the config's directory).
 
+    Covers ``global.data_dir``, each ``output.file`` and whatever each mechanism config
+    resolves in its :meth:`~sdbridge.discovery.base.MechanismConfig.resolve_paths`.
+    """
     jobs = []
     for job in config.jobs:
-        output = job.output
-        if output.file is not None:
-            output = output.model_copy(update={"file": resolve(output.file)})
-        jobs.append(job.model_copy(update={"output": output}))
-    global_ = config.global_.model_copy(update={"data_dir": resolve(config.global_.data_dir)})
+        update: dict[str, Any] = {}
+        if job.output.file is not None:
+            file = resolve_path(job.output.file, base_dir)
+            update["output"] = job.output.model_copy(update={"file": file})
+        for mechanism in mechanisms().values():
+            entries = getattr(job, mechanism.config_key, None)
+            if entries:
+                update[mechanism.config_key] = [e.resolve_paths(base_dir) for e in entries]
+        jobs.append(job.model_copy(update=update))
+    data_dir = resolve_path(config.global_.data_dir, base_dir)
+    global_ = config.global_.model_copy(update={"data_dir": data_dir})
     return config.model_copy(update={"jobs": jobs, "global_": global_})
 
 

@@ -41,6 +41,10 @@ def format_duration(seconds: float) -> str:
     parts = []
     for unit in ("y", "w", "d", "h", "m", "s", "ms"):
         size = round(_UNIT_SECONDS[unit] * 1000)
+        # Like Prometheus's Duration.String: years and weeks only when nothing remains
+        # (90d reads better than 12w6d).
+        if unit in ("y", "w") and ms % size:
+            continue
         count, ms = divmod(ms, size)
         if count:
             parts.append(f"{count}{unit}")

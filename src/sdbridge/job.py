@@ -49,7 +49,14 @@ class MechanismRunner:
         self.context = DiscoveryContext(
             job=job, mechanism=name, index=index, data_dir=global_config.data_dir
         )
-        self.discoverer: Discoverer = mechanisms()[name].factory(config, self.context)
+        # Set by the job when it has merged this mechanism's first full set; the
+        # mechanism's own status.synced is set before that send reaches the job.
+        self.received = False
+        try:
+            self.discoverer: Discoverer = mechanisms()[name].factory(config, self.context)
+        except Exception as exc:
+            # A plugin whose constructor fails: its job runs on, this mechanism reports.
+            self.discoverer = _Failing(exc)
 
     @property
     def label(self) -> str:
@@ -110,8 +117,8 @@ class Job:
 
     @property
     def synced(self) -> bool:
-        """Whether every mechanism has completed its first sync."""
-        return all(r.context.status.synced for r in self.runners)
+        """Whether every mechanism's first full set has been merged."""
+        return all(r.received for r in self.runners)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Serve a last-known-good snapshot until the first complete sync replaces it."""
@@ -159,10 +166,20 @@ class Job:
         return self._snapshot
 
     async def _supervise(self, runner: MechanismRunner) -> None:
-        """Keep a discoverer running: a crash is recorded, backed off and restarted."""
+        """Keep a discoverer running: a crash is recorded, backed off and restarted.
+
+        The first send of every ``run`` is a full set, so it replaces everything the
+        mechanism sent before (a restarted discoverer does not know what it sent).
+        """
         backoff = Backoff(1.0, 30.0)
-        send = partial(self._receive, runner)
         while True:
+            full = True
+
+            async def send(groups: list[TargetGroup]) -> None:
+                nonlocal full
+                if await self._receive(runner, groups, full=full):
+                    full = False
+
             try:
                 await runner.discoverer.run(send)
                 raise DiscoveryError("run() returned; a discoverer must run until cancelled")
@@ -172,16 +189,29 @@ class Job:
                 runner.context.record_failure(exc)
             await asyncio.sleep(backoff.next_delay())
 
-    async def _receive(self, runner: MechanismRunner, groups: list[TargetGroup]) -> None:
-        """The ``send`` a discoverer calls: merge its changed groups into the job."""
+    async def _receive(
+        self, runner: MechanismRunner, groups: list[TargetGroup], *, full: bool = False
+    ) -> bool:
+        """Merge a discoverer's update into the job; return whether it was accepted.
+
+        ``full`` means ``groups`` is the mechanism's whole set, replacing its earlier groups.
+        """
         try:
             rendered = await self._render_groups(runner, groups)
         except InvalidTargetError as exc:
             # Not a list of TargetGroups (a broken plugin): a failed refresh, state stays.
             runner.context.record_failure(exc)
-            return
-        first_sync = not runner.context.status.synced
+            return False
+        first_sync = not runner.received
+        runner.received = True
         runner.context.status.synced = True
+        if full:
+            sent = {key for key, _ in rendered}
+            stale = [k for k in self._groups if k[0] == runner.index and k not in sent]
+            for key in stale:
+                del self._groups[key]
+            if stale:
+                self._dirty = True
         for key, entries in rendered:
             if entries is None:
                 self._groups.pop(key, None)
@@ -191,6 +221,7 @@ class Job:
             self._dirty = True
         self.guard.observe_sync()
         self._changed.set()
+        return True
 
     async def _render_groups(
         self, runner: MechanismRunner, groups: list[TargetGroup]
@@ -319,6 +350,16 @@ class Job:
                 if isinstance(o, FileOutput)
             ],
         }
+
+
+class _Failing:
+    """Stands in for a discoverer whose constructor raised; its run raises the same error."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def run(self, send: object) -> None:
+        raise DiscoveryError(f"cannot create the discoverer: {self.error}") from self.error
 
 
 def _build(job: str, entries: list[Entry], groups: int) -> Snapshot:

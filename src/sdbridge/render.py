@@ -60,8 +60,14 @@ def render_yaml(entries: Iterable[Entry]) -> bytes:
         }
         for e in entries
     ]
+    # No line folding (width): a folded scalar is one more thing a YAML parser can differ on.
     text = yaml.dump(
-        data, Dumper=_YamlDumper, sort_keys=True, allow_unicode=True, default_flow_style=False
+        data,
+        Dumper=_YamlDumper,
+        sort_keys=True,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=2**31 - 1,
     )
     return text.encode("utf-8")
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from .. import metrics
 from ..durations import Duration
@@ -50,11 +51,32 @@ class MechanismConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def resolve_paths(self, base_dir: Path) -> Self:
+        """Return a copy whose relative paths are resolved against ``base_dir``.
+
+        ``base_dir`` is the config file's directory (Prometheus's convention). The default
+        has no paths and returns ``self``; a mechanism with file options (a CA file, a
+        working directory) overrides it, typically with :func:`resolve_path`.
+        """
+        return self
+
+
+def resolve_path(path: Path, base_dir: Path) -> Path:
+    """``path`` if absolute, else ``base_dir / path`` (normalized, symlinks untouched)."""
+    return path if path.is_absolute() else Path(os.path.normpath(base_dir / path))
+
 
 class RefreshConfig(MechanismConfig):
     """Config of a polling mechanism."""
 
     refresh_interval: Duration = 60.0
+
+    @field_validator("refresh_interval")
+    @classmethod
+    def _positive_interval(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("refresh_interval must be greater than 0")
+        return value
 
 
 @dataclass

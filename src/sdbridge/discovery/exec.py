@@ -2,6 +2,9 @@
 
 Any failure (missing command, non-zero exit, timeout, unparsable output, invalid
 labels) fails the refresh, so the last good targets stay; stderr is logged.
+The command runs in its own process group (session), which is killed when the
+command finishes, times out or is cancelled, so it leaves no process behind.
+The command runs in the config file's directory unless ``working_dir`` says otherwise.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from pathlib import Path
 
 import orjson
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..durations import Duration
 from ..errors import DiscoveryError, InvalidTargetError
 from ..model import TargetGroup, parse_file_sd
 from . import register
-from .base import RefreshConfig, RefreshDiscoverer
+from .base import RefreshConfig, RefreshDiscoverer, resolve_path
 
 _STDERR_TAIL = 2000
 
@@ -32,12 +35,37 @@ class ExecSDConfig(RefreshConfig):
     command: list[str] = Field(min_length=1, description="argv of the command; no shell")
     timeout: Duration = Field(30.0, description="kill the command after this long")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment")
-    working_dir: Path | None = Field(None, description="directory to run the command in")
+    working_dir: Path | None = Field(
+        None, description="directory to run the command in; default: the config file's"
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty_program(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("the program (first element) must not be empty")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("timeout must be greater than 0")
+        return value
+
+    def resolve_paths(self, base_dir: Path) -> ExecSDConfig:
+        """Run in the config file's directory by default; a relative ``working_dir`` is under it."""
+        working_dir = (
+            base_dir if self.working_dir is None else resolve_path(self.working_dir, base_dir)
+        )
+        return self.model_copy(update={"working_dir": working_dir})
 
 
 @register("exec", ExecSDConfig)
 class ExecDiscoverer(RefreshDiscoverer[ExecSDConfig]):
     """Runs ``command`` every ``refresh_interval``; its stdout is the full target list."""
+
+    _last_stderr = ""  # stderr of a successful run is logged when it changes, not every run
 
     async def refresh(self) -> list[TargetGroup]:
         """Run the command once and parse its output."""
@@ -54,7 +82,9 @@ class ExecDiscoverer(RefreshDiscoverer[ExecSDConfig]):
                 start_new_session=True,  # its own process group, so a kill reaches children
             )
         except OSError as exc:
-            raise DiscoveryError(f"cannot run {shown}: {exc.strerror or exc}") from exc
+            what = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else exc
+            where = f" in {cfg.working_dir}" if cfg.working_dir is not None else ""
+            raise DiscoveryError(f"cannot run {shown}{where}: {what}") from exc
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), cfg.timeout)
         except TimeoutError:
@@ -65,16 +95,22 @@ class ExecDiscoverer(RefreshDiscoverer[ExecSDConfig]):
         except BaseException:
             await _kill(proc)  # cancelled: leave no process and no zombie behind
             raise
+        # Children it left running in the background go too (they are in its group).
+        _kill_group(proc.pid)
         err_text = stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL:]
-        if proc.returncode != 0:
-            raise DiscoveryError(f"{shown} exited with status {proc.returncode}: {err_text}")
-        if err_text:
-            self.log.info("%s wrote to stderr: %s", shown, err_text)
+        if proc.returncode:  # not None: communicate() waited for the exit
+            status = _describe_status(proc.returncode)
+            raise DiscoveryError(f"{shown} {status}; stderr: {err_text or '(empty)'}")
+        if err_text and err_text != self._last_stderr:
+            self.log.warning("%s wrote to stderr: %s", shown, err_text)
+        self._last_stderr = err_text
         return parse_exec_output(stdout, origin=f"output of {shown}")
 
 
 def parse_exec_output(stdout: bytes, *, origin: str) -> list[TargetGroup]:
     """Parse file_sd JSON, or YAML, from a command's stdout."""
+    if not stdout.strip():
+        raise InvalidTargetError(f"{origin}: the command printed nothing; print [] for no targets")
     try:
         data = orjson.loads(stdout)
     except orjson.JSONDecodeError:
@@ -85,9 +121,23 @@ def parse_exec_output(stdout: bytes, *, origin: str) -> list[TargetGroup]:
     return parse_file_sd(data, origin=origin)
 
 
+def _describe_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 async def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    # The whole group: a shell script's children would otherwise keep running.
+    _kill_group(proc.pid)
     # Reap it even while being cancelled, so no zombie is left.
     await asyncio.shield(proc.wait())

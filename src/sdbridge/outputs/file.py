@@ -1,5 +1,8 @@
 """The file_sd output: an atomic replace, done only when the bytes change.
 
+A missing output directory is created; an unwritable one is an error that is logged
+and retried with backoff while the previous file (if any) stays in place.
+
 The temp file lives in the target's directory (so the rename is atomic) under a name
 no file_sd glob matches: it starts with a dot and ends in ``.sdbridge-tmp``, and file_sd
 only reads names ending in ``.json``, ``.yml`` or ``.yaml``. It is fsynced, chmod-ed,
@@ -38,9 +41,16 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """
     directory = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=directory)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=directory)
+        except FileNotFoundError:
+            # A missing output directory is created, like `mkdir -p`.
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=directory)
     except OSError as exc:
-        raise OutputError(f"cannot create a temp file in {directory}: {exc.strerror}") from exc
+        raise OutputError(
+            f"cannot create a temp file in {directory} to write {path.name}: {exc.strerror}"
+        ) from exc
     try:
         try:
             view = memoryview(data)
