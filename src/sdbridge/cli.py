@@ -11,15 +11,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
 from . import __version__
 from .config import ConfigBase, load_config
 from .daemon import Daemon
 from .errors import ConfigError, SdbridgeError
 from .job import Job
 from .logfmt import setup_logging
-from .web.app import create_app
+from .web.server import start_server
 
 log = logging.getLogger("sdbridge")
 
@@ -135,19 +133,11 @@ async def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     daemon = Daemon(config, config_path=args.config)
     address = args.listen_address or config.web.listen_address or DEFAULT_LISTEN_ADDRESS
-    host, port = parse_listen_address(address)
-
-    runner = web.AppRunner(create_app(daemon), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from exc
+    server = await start_server(daemon, address, args.web_config)
     daemon.start()
-    bound = ", ".join(f"http://{_format_address(a)}" for a in runner.addresses) or address
-    log.info("sdbridge %s listening on %s with %d job(s)", __version__, bound, len(daemon.jobs))
+    log.info(
+        "sdbridge %s listening on %s with %d job(s)", __version__, server.url, len(daemon.jobs)
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -157,7 +147,7 @@ async def _run(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("shutting down")
     await daemon.stop()
-    await runner.cleanup()
+    await server.close()
     return 0
 
 

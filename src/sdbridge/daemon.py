@@ -39,6 +39,7 @@ class Daemon:
         self.jobs: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.last_reload_error: str | None = None
+        self.last_reload_error_time: float | None = None
         self.last_reload: float | None = None
         self._reload_lock = asyncio.Lock()
         self.on_jobs_changed: list[Callable[[Daemon], Any]] = []
@@ -82,29 +83,50 @@ class Daemon:
                 new = await asyncio.to_thread(self._loader)
             except ConfigError as exc:
                 metrics.CONFIG_RELOAD_SUCCESS.set(0)
+                metrics.CONFIG_RELOADS.labels(result="failure").inc()
                 self.last_reload_error = str(exc)
+                self.last_reload_error_time = time.time()
                 log.error("config reload failed, the running config stays: %s", exc)
                 raise
-            await self._apply(new)
+            kept, restarted, removed, added = await self._apply(new)
             self.last_reload_error = None
+            self.last_reload_error_time = None
             self.last_reload = time.time()
             metrics.CONFIG_RELOAD_SUCCESS.set(1)
             metrics.CONFIG_RELOAD_TIMESTAMP.set(self.last_reload)
-            log.info("config reloaded: %d job(s)", len(self.jobs))
+            metrics.CONFIG_RELOADS.labels(result="success").inc()
+            log.info(
+                "config reloaded: %d job(s) unchanged, %d restarted, %d removed, %d added",
+                kept,
+                restarted,
+                removed,
+                added,
+            )
 
-    async def _apply(self, new: ConfigBase) -> None:
+    async def _apply(self, new: ConfigBase) -> tuple[int, int, int, int]:
+        """Apply ``new``: unchanged jobs keep their Job object and task untouched.
+
+        Returns how many jobs were kept, restarted, removed and added.
+        """
         global_changed = new.global_ != self.config.global_
         wanted = {job.name: job for job in new.jobs}
+        restarted = removed = 0
         for name in list(self.jobs):
             current = self.jobs[name]
-            if global_changed or name not in wanted or wanted[name] != current.config:
+            if name not in wanted:
+                removed += 1
                 await self._stop_job(name)
+            elif global_changed or wanted[name] != current.config:
+                restarted += 1
+                await self._stop_job(name)
+        kept = len(self.jobs)
         for name, job_config in wanted.items():
             if name not in self.jobs:
                 self._start_job(Job(job_config, new.global_))
         self.config = new
         for callback in self.on_jobs_changed:
             callback(self)
+        return kept, restarted, removed, len(wanted) - kept - restarted
 
     async def stop(self) -> None:
         """Stop every job; in-flight file writes finish first."""

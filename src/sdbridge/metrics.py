@@ -85,6 +85,19 @@ CONFIG_RELOAD_TIMESTAMP = Gauge(
     "sdbridge_config_last_reload_success_timestamp_seconds",
     "Unix time of the last successful configuration reload.",
 )
+CONFIG_RELOADS = Counter(
+    "sdbridge_config_reloads_total", "Configuration reloads attempted, by result.", ("result",)
+)
+
+# Web.
+HTTP_SD_REQUESTS = Counter(
+    "sdbridge_http_sd_requests_total",
+    "Requests to /sd/<job>, by job (empty for unknown jobs) and status code.",
+    ("job", "code"),
+)
+WEB_AUTH_FAILURES = Counter(
+    "sdbridge_web_auth_failures_total", "Requests refused for missing or wrong basic auth."
+)
 
 
 def forget_job(job: str) -> None:

@@ -1,28 +1,39 @@
-"""The aiohttp application: ``/sd/<job>``, ``/metrics``, ``/-/healthy``, ``/-/ready``, ``/-/reload``."""
+"""The aiohttp application: http_sd, metrics, health, reload, API and UI.
+
+Routes:
+
+- ``GET /sd/<job>``: the job's targets in Prometheus's http_sd format (:mod:`.sd`)
+- ``GET /metrics``: sdbridge's own metrics, plus the process and Python collectors
+- ``GET /-/healthy``, ``GET /-/ready``, ``POST|PUT /-/reload``
+- ``GET /api/v1/jobs``, ``GET /api/v1/jobs/<job>`` (:mod:`.api`)
+- ``GET /``, ``GET /jobs/<job>``, ``/static/*``: the UI (:mod:`.ui`)
+
+Other parts of sdbridge add their own routes by passing a ``RouteHook`` in
+``create_app(..., route_hooks=...)``; each is called once with the app.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ..daemon import Daemon
 from ..errors import ConfigError
+from ..render import Snapshot
+from . import api, ui
+from .auth import BasicAuth
+from .keys import DAEMON_KEY, SD_CACHE_KEY, SETTINGS_KEY, TARGET_INDEX_KEY
+from .sd import JSON_CONTENT_TYPE, SDCache, make_handler
+from .status import TargetIndex
+from .webconfig import NO_WEB_CONFIG, WebSettings
 
-DAEMON_KEY = web.AppKey("daemon", Daemon)
-JSON_CONTENT_TYPE = "application/json"
+__all__ = ["DAEMON_KEY", "JSON_CONTENT_TYPE", "RouteHook", "create_app"]
 
-
-async def http_sd(request: web.Request) -> web.Response:
-    """Serve a job's prepared snapshot in Prometheus's http_sd format."""
-    daemon = request.app[DAEMON_KEY]
-    name = request.match_info["job"]
-    job = daemon.jobs.get(name)
-    if job is None:
-        return web.Response(status=404, text=f"no job named {name!r}\n")
-    snapshot = job.snapshot
-    if snapshot is None:
-        return web.Response(status=503, text=f"job {name!r} has not completed its first sync\n")
-    return web.Response(body=snapshot.body, headers={"Content-Type": JSON_CONTENT_TYPE})
+RouteHook = Callable[[web.Application], None]
+"""Adds routes to the app; called once by :func:`create_app`."""
 
 
 async def healthy(_: web.Request) -> web.Response:
@@ -52,14 +63,56 @@ async def metrics_handler(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_app(daemon: Daemon) -> web.Application:
-    """Build the web application around a daemon."""
-    app = web.Application()
+def _header_middleware(headers: dict[str, str]) -> Middleware:
+    @web.middleware
+    async def add_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        response.headers.update(headers)
+        return response
+
+    return add_headers
+
+
+def create_app(
+    daemon: Daemon,
+    *,
+    settings: WebSettings = NO_WEB_CONFIG,
+    route_hooks: Iterable[RouteHook] = (),
+) -> web.Application:
+    """Build the web application around a daemon.
+
+    ``settings`` (from ``--web.config.file``) turns on basic auth and extra headers;
+    TLS is applied where the server listens (:func:`.server.start_server`).
+    """
+    middlewares: list[Middleware] = []
+    if settings.headers:
+        middlewares.append(_header_middleware(settings.headers))
+    if settings.users:
+        middlewares.append(BasicAuth(settings.users).middleware())
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[DAEMON_KEY] = daemon
-    app.router.add_get("/sd/{job}", http_sd)
+    app[SETTINGS_KEY] = settings
+    sd_cache = app[SD_CACHE_KEY] = SDCache()
+    targets = app[TARGET_INDEX_KEY] = TargetIndex()
+
+    def forget_removed_jobs(d: Daemon) -> None:
+        sd_cache.retain(set(d.jobs))
+        targets.retain(set(d.jobs))
+
+    daemon.on_jobs_changed.append(forget_removed_jobs)
+
+    def lookup(name: str) -> tuple[bool, Snapshot | None]:
+        job = daemon.jobs.get(name)
+        return (job is not None, job.snapshot if job is not None else None)
+
+    app.router.add_get("/sd/{job}", make_handler(lookup, sd_cache))
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)
+    api.add_routes(app)
+    ui.add_routes(app)
+    for hook in route_hooks:
+        hook(app)
     return app

@@ -1,0 +1,15 @@
+"""The keys under which the web app keeps its shared objects."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..daemon import Daemon
+from .sd import SDCache
+from .status import TargetIndex
+from .webconfig import WebSettings
+
+DAEMON_KEY = web.AppKey("daemon", Daemon)
+SD_CACHE_KEY = web.AppKey("sd_cache", SDCache)
+TARGET_INDEX_KEY = web.AppKey("target_index", TargetIndex)
+SETTINGS_KEY = web.AppKey("web_settings", WebSettings)

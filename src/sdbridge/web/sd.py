@@ -1,0 +1,215 @@
+"""``GET /sd/<job>``: Prometheus's http_sd endpoint, served from prepared bytes.
+
+The body is the job's snapshot bytes, the same bytes as the file output. Everything
+derived from a snapshot (its gzip encoding, the bodies of ``?shard=i&shards=n``) is
+computed at most once per snapshot and cached on the snapshot's identity; a request
+only picks bytes and compares ETags. Prometheus's contract (``discovery/http/http.go``):
+status 200, ``Content-Type: application/json``, the full list every time, ``[]`` when
+empty; on any other status it keeps its current targets, which is why a job that has
+not synced yet answers 503 rather than an empty list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .. import metrics
+from ..config import JOB_NAME_RE
+from ..model import ADDRESS_LABEL
+from ..render import Snapshot, render_json
+
+JSON_CONTENT_TYPE = "application/json"
+MAX_JOB_NAME = 200
+MAX_SHARDS = 1024
+# Level 6 is zlib's default: most of level 9's ratio at a fraction of its time.
+GZIP_LEVEL = 6
+_SHARD_CACHE_LIMIT = 8  # distinct ``shards=n`` values kept per snapshot
+
+
+@dataclass(eq=False)
+class Representation:
+    """One body (the whole job, or one shard) with its ETag and lazily made gzip."""
+
+    body: bytes
+    etag: str  # hex, unquoted
+    targets: int
+    _gzip: asyncio.Task[bytes] | None = field(default=None, repr=False)
+
+    async def gzipped(self) -> bytes:
+        """The gzip encoding of ``body``, compressed once off the event loop."""
+        if self._gzip is None:
+            self._gzip = asyncio.ensure_future(
+                asyncio.to_thread(gzip.compress, self.body, GZIP_LEVEL, mtime=0)
+            )
+        return await asyncio.shield(self._gzip)
+
+
+@dataclass(eq=False)
+class SnapshotCache:
+    """Everything derived from one snapshot, kept while that snapshot is served."""
+
+    snapshot: Snapshot
+    whole: Representation
+    _shards: dict[int, asyncio.Task[list[Representation]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> SnapshotCache:
+        """A cache for ``snapshot`` (the whole body is the snapshot's own bytes)."""
+        whole = Representation(snapshot.body, snapshot.etag, snapshot.target_count)
+        return cls(snapshot, whole)
+
+    async def shard(self, index: int, shards: int) -> Representation:
+        """Shard ``index`` of ``shards``; all ``shards`` bodies are built in one pass."""
+        task = self._shards.get(shards)
+        if task is None:
+            if len(self._shards) >= _SHARD_CACHE_LIMIT:
+                del self._shards[next(iter(self._shards))]
+            task = asyncio.ensure_future(asyncio.to_thread(split_shards, self.snapshot, shards))
+            self._shards[shards] = task
+        return (await asyncio.shield(task))[index]
+
+
+def shard_of(address: str, shards: int) -> int:
+    """The shard of a target: Prometheus's ``hashmod`` (md5, low 8 bytes, mod n)."""
+    digest = hashlib.md5(address.encode("utf-8"), usedforsecurity=False).digest()
+    return int.from_bytes(digest[8:], "big") % shards
+
+
+def split_shards(snapshot: Snapshot, shards: int) -> list[Representation]:
+    """The ``shards`` bodies of a snapshot; every target lands in exactly one."""
+    buckets: list[list[int]] = [[] for _ in range(shards)]
+    for position, entry in enumerate(snapshot.entries):
+        buckets[shard_of(entry.labels[ADDRESS_LABEL], shards)].append(position)
+    result = []
+    for bucket in buckets:
+        body = render_json(snapshot.entries[i] for i in bucket)
+        etag = hashlib.blake2b(body, digest_size=16).hexdigest()
+        result.append(Representation(body, etag, len(bucket)))
+    return result
+
+
+class SDCache:
+    """Per-job :class:`SnapshotCache`, replaced when the job publishes a new snapshot."""
+
+    def __init__(self) -> None:
+        self._caches: dict[str, SnapshotCache] = {}
+
+    def get(self, job: str, snapshot: Snapshot) -> SnapshotCache:
+        """The cache of ``snapshot``; a new snapshot (by identity) starts a new one."""
+        cache = self._caches.get(job)
+        if cache is None or cache.snapshot is not snapshot:
+            cache = SnapshotCache.of(snapshot)
+            self._caches[job] = cache
+        return cache
+
+    def retain(self, jobs: set[str]) -> None:
+        """Forget jobs that no longer exist."""
+        for name in self._caches.keys() - jobs:
+            del self._caches[name]
+
+
+_TOKEN_RE = re.compile(r'\s*(W/)?("[^"]*"|\*)\s*(?:,|$)')
+
+
+def etag_matches(header: str, etags: tuple[str, ...]) -> bool:
+    """If-None-Match's weak comparison: does any listed tag (or ``*``) match?"""
+    for match in _TOKEN_RE.finditer(header):
+        tag = match.group(2)
+        if tag == "*" or tag.strip('"') in etags:
+            return True
+    return False
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (``gzip;q=0`` refuses it)."""
+    allowed = False
+    for part in header.split(","):
+        coding, _, params = part.strip().partition(";")
+        coding = coding.strip().lower()
+        if coding not in ("gzip", "x-gzip", "*"):
+            continue
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if coding == "*" and allowed:
+            continue
+        allowed = quality > 0
+        if coding != "*":
+            return allowed
+    return allowed
+
+
+def _plain(status: int, text: str, job: str, headers: dict[str, str] | None = None) -> web.Response:
+    metrics.HTTP_SD_REQUESTS.labels(job=job, code=str(status)).inc()
+    return web.Response(status=status, text=text + "\n", headers=headers)
+
+
+def _shard_params(query: dict[str, str]) -> tuple[int, int] | str | None:
+    shard, shards = query.get("shard"), query.get("shards")
+    if shard is None and shards is None:
+        return None
+    if shard is None or shards is None:
+        return "shard and shards must be given together"
+    if not (shard.isdigit() and shards.isdigit()) or len(shard) > 5 or len(shards) > 5:
+        return "shard and shards must be small non-negative integers"
+    index, count = int(shard), int(shards)
+    if not 1 <= count <= MAX_SHARDS:
+        return f"shards must be between 1 and {MAX_SHARDS}"
+    if index >= count:
+        return "shard must be lower than shards"
+    return index, count
+
+
+def make_handler(
+    get_snapshot: Callable[[str], tuple[bool, Snapshot | None]], cache: SDCache
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The ``/sd/{job}`` handler; ``get_snapshot(name)`` says (job exists, its snapshot)."""
+
+    async def http_sd(request: web.Request) -> web.Response:
+        name = request.match_info.get("job", "")
+        if len(name) > MAX_JOB_NAME or not JOB_NAME_RE.match(name):
+            return _plain(404, "no such job", "")
+        exists, snapshot = get_snapshot(name)
+        if not exists:
+            return _plain(404, f"no job named {name!r}", "")
+        params = _shard_params(dict(request.query))
+        if isinstance(params, str):
+            return _plain(400, params, name)
+        if snapshot is None:
+            reason = f"job {name!r} has not completed its first sync"
+            return _plain(503, reason, name, {"Retry-After": "5"})
+        entry = cache.get(name, snapshot)
+        rep = entry.whole if params is None else await entry.shard(*params)
+        use_gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        etag = f"{rep.etag}-gzip" if use_gzip else rep.etag
+        headers = {
+            "ETag": f'"{etag}"',
+            "Vary": "Accept-Encoding",
+            "Cache-Control": "no-cache",
+            "X-Sdbridge-Targets": str(rep.targets),
+        }
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match and etag_matches(if_none_match, (rep.etag, f"{rep.etag}-gzip")):
+            metrics.HTTP_SD_REQUESTS.labels(job=name, code="304").inc()
+            return web.Response(status=304, headers=headers)
+        headers["Content-Type"] = JSON_CONTENT_TYPE
+        body = rep.body
+        if use_gzip:
+            body = await rep.gzipped()
+            headers["Content-Encoding"] = "gzip"
+        metrics.HTTP_SD_REQUESTS.labels(job=name, code="200").inc()
+        return web.Response(body=body, headers=headers)
+
+    return http_sd

@@ -1,0 +1,176 @@
+"""What the API and the UI show of jobs: state, errors, masked configs, target pages.
+
+Both read the same dictionaries, so the UI never shows anything the API does not.
+Configs are dumped in pydantic's JSON mode, which masks ``SecretStr``; on top of
+that, values under secret-looking keys and passwords inside URLs are masked, in case a
+plugin forgot to declare a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..daemon import Daemon
+from ..job import Job
+from ..model import ADDRESS_LABEL, LabelSet
+from ..render import Snapshot
+
+MASK = "<secret>"
+_SECRET_KEY_RE = re.compile(
+    r"(password|passwd|secret|token|credential|api_?key|authorization|private_?key)", re.I
+)
+_URL_PASSWORD_RE = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*(?P<tail>@)", re.I)
+
+MAX_PER_PAGE = 1000
+DEFAULT_PER_PAGE = 100
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy of a dumped config with secret-looking values masked."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    if isinstance(value, str):
+        if key and _SECRET_KEY_RE.search(key) and value and set(value) != {"*"}:
+            return MASK
+        return _URL_PASSWORD_RE.sub(rf"\g<head>{MASK}\g<tail>", value)
+    return value
+
+
+def job_state(job: Job) -> str:
+    """One word for the job: syncing, failing, holding, stale or ok."""
+    status = job.status()
+    if any(m["last_error"] for m in status["mechanisms"]):
+        return "failing"
+    if job.snapshot is None:
+        return "syncing"
+    if status["guard"]["holding"]:
+        return "holding"
+    if job.snapshot.stale:
+        return "stale"
+    return "ok"
+
+
+def job_errors(status: dict[str, Any]) -> list[str]:
+    """Every current error of a job (mechanisms and outputs), each naming its source."""
+    errors = []
+    for m in status["mechanisms"]:
+        if m["last_error"]:
+            errors.append(f"{m['name']}_sd_configs[{m['index']}]: {m['last_error']}")
+    for output in status["outputs"]:
+        if output["last_error"]:
+            errors.append(f"output {output['name']}: {output['last_error']}")
+    return errors
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """The API's view of one job, without its targets."""
+    status = job.status()
+    last_sync = max(
+        (m["last_success"] for m in status["mechanisms"] if m["last_success"]), default=None
+    )
+    for m in status["mechanisms"]:
+        m["config"] = mask_secrets(m["config"])
+    return {
+        **status,
+        "state": job_state(job),
+        "errors": job_errors(status),
+        "last_sync": last_sync,
+        "http_sd_path": f"/sd/{job.name}",
+    }
+
+
+def config_status(daemon: Daemon) -> dict[str, Any]:
+    """Whether the running config came from a successful reload, and the last error."""
+    return {
+        "path": str(daemon.config_path) if daemon.config_path else None,
+        "last_reload": daemon.last_reload,
+        "last_reload_successful": daemon.last_reload_error is None,
+        "last_reload_error": daemon.last_reload_error,
+        "ready": daemon.ready,
+    }
+
+
+@dataclass(frozen=True)
+class TargetPage:
+    """One page of a job's targets after filtering."""
+
+    total: int
+    matched: int
+    page: int
+    per_page: int
+    items: list[LabelSet]
+
+    @property
+    def pages(self) -> int:
+        """How many pages the matched targets fill (at least 1)."""
+        return max(1, -(-self.matched // self.per_page))
+
+    def as_json(self) -> dict[str, Any]:
+        """The page as the API returns it."""
+        return {
+            "total": self.total,
+            "matched": self.matched,
+            "page": self.page,
+            "pages": self.pages,
+            "per_page": self.per_page,
+            "items": self.items,
+        }
+
+
+class TargetIndex:
+    """Lower-cased ``name=value`` text of each target, built once per snapshot."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, tuple[Snapshot, list[str]]] = {}
+
+    def _texts(self, job: str, snapshot: Snapshot) -> list[str]:
+        cached = self._snapshots.get(job)
+        if cached is None or cached[0] is not snapshot:
+            texts = [
+                "\n".join(f"{k}={v}" for k, v in entry.labels.items()).lower()
+                for entry in snapshot.entries
+            ]
+            cached = (snapshot, texts)
+            self._snapshots[job] = cached
+        return cached[1]
+
+    def retain(self, jobs: set[str]) -> None:
+        """Forget jobs that no longer exist."""
+        for name in self._snapshots.keys() - jobs:
+            del self._snapshots[name]
+
+    def page(
+        self, job: str, snapshot: Snapshot | None, query: str, page: int, per_page: int
+    ) -> TargetPage:
+        """Targets whose labels contain every word of ``query``, one page of them."""
+        per_page = min(max(per_page, 1), MAX_PER_PAGE)
+        if snapshot is None:
+            return TargetPage(0, 0, 1, per_page, [])
+        terms = query.lower().split()
+        if terms:
+            texts = self._texts(job, snapshot)
+            positions = [i for i, t in enumerate(texts) if all(term in t for term in terms)]
+        else:
+            positions = list(range(snapshot.target_count))
+        pages = max(1, -(-len(positions) // per_page))
+        page = min(max(page, 1), pages)
+        start = (page - 1) * per_page
+        items = [_ordered(snapshot.entries[i].labels) for i in positions[start : start + per_page]]
+        return TargetPage(snapshot.target_count, len(positions), page, per_page, items)
+
+
+def _ordered(labels: LabelSet) -> LabelSet:
+    """``__address__`` first, then the other labels sorted."""
+    rest = {k: labels[k] for k in sorted(labels) if k != ADDRESS_LABEL}
+    return {ADDRESS_LABEL: labels[ADDRESS_LABEL], **rest}
+
+
+def int_param(value: str | None, default: int) -> int:
+    """A query parameter as a bounded int; junk gives the default."""
+    if value is None or not value.isdigit() or len(value) > 9:
+        return default
+    return int(value)

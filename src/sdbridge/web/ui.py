@@ -1,0 +1,267 @@
+"""The web UI: server-rendered HTML pages with a little JavaScript.
+
+``/`` lists the jobs with their state, last sync and errors, and the config's reload
+status; ``/jobs/<job>`` shows a job's mechanisms and a paginated, filterable table of
+its targets (``?q=words&page=N&per_page=M``, the same filter as the API). Pages are
+built from the same dictionaries as ``/api/v1``. Every value is HTML-escaped: labels
+come from backends and are untrusted.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from .. import __version__
+from ..daemon import Daemon
+from .keys import DAEMON_KEY, TARGET_INDEX_KEY
+from .status import (
+    DEFAULT_PER_PAGE,
+    TargetPage,
+    config_status,
+    int_param,
+    job_summary,
+)
+
+PER_PAGE_CHOICES = (50, 100, 250, 500, 1000)
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _ago(timestamp: float | None, now: float) -> str:
+    if not timestamp:
+        return '<span class="muted">never</span>'
+    seconds = max(0, int(now - timestamp))
+    if seconds < 120:
+        text = f"{seconds}s ago"
+    elif seconds < 7200:
+        text = f"{seconds // 60}m ago"
+    elif seconds < 172800:
+        text = f"{seconds // 3600}h ago"
+    else:
+        text = f"{seconds // 86400}d ago"
+    iso = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+    return f'<time datetime="{_e(iso)}" title="{_e(iso)}">{text}</time>'
+
+
+def _badge(state: str) -> str:
+    return f'<span class="badge state-{_e(state)}">{_e(state)}</span>'
+
+
+def _page(title: str, body: str, daemon: Daemon) -> web.Response:
+    ready = daemon.ready
+    readiness = (
+        '<span class="badge state-ok" id="readiness">ready</span>'
+        if ready
+        else '<span class="badge state-syncing" id="readiness">not ready</span>'
+    )
+    text = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)} · sdbridge</title>
+<link rel="stylesheet" href="/static/sdbridge.css">
+</head><body>
+<header><a class="brand" href="/">sdbridge</a>
+<nav><a href="/">Jobs</a><a href="/metrics">Metrics</a><a href="/api/v1/jobs">API</a></nav>
+{readiness}<span class="version">v{_e(__version__)}</span></header>
+<main>{body}</main>
+<script src="/static/sdbridge.js" defer></script>
+</body></html>"""
+    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+def _config_banner(daemon: Daemon, now: float) -> str:
+    config = config_status(daemon)
+    if config["last_reload_error"]:
+        return (
+            '<div class="banner error" id="reload-error"><strong>Config reload failed</strong>; '
+            "the previous config keeps running.<pre>"
+            f"{_e(config['last_reload_error'])}</pre></div>"
+        )
+    where = f" from <code>{_e(config['path'])}</code>" if config["path"] else ""
+    return f'<p class="muted">Config loaded{where} {_ago(config["last_reload"], now)}.</p>'
+
+
+async def index(request: web.Request) -> web.Response:
+    """The jobs overview."""
+    daemon = request.app[DAEMON_KEY]
+    now = time.time()
+    rows = []
+    for job in daemon.jobs.values():
+        s = job_summary(job)
+        mechanisms = " ".join(
+            f'<span class="mech {"up" if not m["last_error"] else "down"}" '
+            f'title="{_e(m["last_error"] or "ok")}">{_e(m["name"])}[{m["index"]}]</span>'
+            for m in s["mechanisms"]
+        )
+        errors = "".join(f"<li>{_e(err)}</li>" for err in s["errors"])
+        rows.append(
+            f'<tr data-job="{_e(job.name)}">'
+            f'<td><a href="/jobs/{quote(job.name)}">{_e(job.name)}</a></td>'
+            f"<td>{_badge(s['state'])}</td>"
+            f'<td class="num">{s["targets"]:,}</td>'
+            f"<td>{mechanisms}</td>"
+            f"<td>{_ago(s['last_sync'], now)}</td>"
+            f'<td class="errors">{f"<ul>{errors}</ul>" if errors else ""}</td>'
+            "</tr>"
+        )
+    table = (
+        '<table class="grid" id="jobs"><thead><tr><th>Job</th><th>State</th>'
+        '<th class="num">Targets</th><th>Mechanisms</th><th>Last sync</th><th>Errors</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else '<p class="muted">No jobs configured.</p>'
+    )
+    body = f"<h1>Jobs</h1>{_config_banner(daemon, now)}{table}"
+    return _page("Jobs", body, daemon)
+
+
+def _mechanisms_table(summary: dict[str, Any], now: float) -> str:
+    rows = []
+    for m in summary["mechanisms"]:
+        state = "failing" if m["last_error"] else ("ok" if m["synced"] else "syncing")
+        config = json.dumps(m["config"], indent=2, sort_keys=True)
+        rows.append(
+            "<tr>"
+            f"<td>{_e(m['name'])}_sd_configs[{m['index']}]</td>"
+            f"<td>{_badge(state)}</td>"
+            f"<td>{_ago(m['last_success'], now)}</td>"
+            f'<td class="num">{m["refreshes"]:,}</td>'
+            f'<td class="num">{m["failures"]:,}</td>'
+            f'<td class="errors">{_e(m["last_error"] or "")}</td>'
+            f"<td><details><summary>config</summary><pre>{_e(config)}</pre></details></td>"
+            "</tr>"
+        )
+    return (
+        '<table class="grid" id="mechanisms"><thead><tr><th>Mechanism</th><th>State</th>'
+        '<th>Last success</th><th class="num">Refreshes</th><th class="num">Failures</th>'
+        f"<th>Last error</th><th></th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _link(job: str, query: str, page: int, per_page: int) -> str:
+    params: dict[str, str | int] = {"page": page, "per_page": per_page}
+    if query:
+        params = {"q": query, **params}
+    return f"/jobs/{quote(job)}?{urlencode(params)}"
+
+
+def _pager(job: str, query: str, p: TargetPage) -> str:
+    def link(label: str, page: int, rel: str) -> str:
+        if page < 1 or page > p.pages or page == p.page:
+            return f'<span class="disabled">{label}</span>'
+        return f'<a rel="{rel}" href="{_e(_link(job, query, page, p.per_page))}">{label}</a>'
+
+    return (
+        '<nav class="pager">'
+        f"{link('&laquo; First', 1, 'first')}{link('&lsaquo; Prev', p.page - 1, 'prev')}"
+        f'<span class="current">page {p.page:,} of {p.pages:,}</span>'
+        f"{link('Next &rsaquo;', p.page + 1, 'next')}{link('Last &raquo;', p.pages, 'last')}</nav>"
+    )
+
+
+def _targets_section(job: str, query: str, p: TargetPage, synced: bool) -> str:
+    options = "".join(
+        f'<option value="{n}"{" selected" if n == p.per_page else ""}>{n} per page</option>'
+        for n in PER_PAGE_CHOICES
+    )
+    form = (
+        f'<form id="filter" method="get" action="/jobs/{quote(job)}" role="search">'
+        f'<input type="search" name="q" id="filter-input" value="{_e(query)}" '
+        'placeholder="Filter targets: words that must all appear in name=value, '
+        'e.g. env=prod 10.0.0." autocomplete="off" aria-label="Filter targets">'
+        f'<select name="per_page" aria-label="Targets per page">{options}</select>'
+        '<button type="submit">Filter</button></form>'
+    )
+    if not synced:
+        return f'<h2>Targets</h2>{form}<p class="muted">No targets yet: the job has not synced.</p>'
+    first = (p.page - 1) * p.per_page + 1 if p.matched else 0
+    last = min(p.page * p.per_page, p.matched)
+    matched = f" matching <q>{_e(query)}</q>" if query else ""
+    count = (
+        f'<p class="count" id="target-count">Showing {first:,}&ndash;{last:,} of '
+        f"<strong>{p.matched:,}</strong> target(s){matched} (total {p.total:,}).</p>"
+    )
+    rows = []
+    for n, labels in enumerate(p.items, start=first):
+        chips = " ".join(
+            f'<span class="label"><span class="k">{_e(k)}</span>=<span class="v">{_e(v)}</span></span>'
+            for k, v in labels.items()
+            if k != "__address__"
+        )
+        rows.append(
+            f'<tr><td class="num muted">{n:,}</td>'
+            f'<td class="addr">{_e(labels["__address__"])}</td><td class="labels">{chips}</td></tr>'
+        )
+    table = (
+        '<table class="grid" id="targets"><thead><tr><th class="num">#</th><th>Address</th>'
+        f"<th>Labels</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    pager = _pager(job, query, p)
+    return f"<h2>Targets</h2>{form}{count}{pager}{table}{pager}"
+
+
+async def job_page(request: web.Request) -> web.Response:
+    """One job: its mechanisms, errors and targets."""
+    daemon = request.app[DAEMON_KEY]
+    name = request.match_info["job"]
+    job = daemon.jobs.get(name)
+    if job is None:
+        body = '<h1>No such job</h1><p><a href="/">Back to the jobs</a></p>'
+        response = _page("No such job", body, daemon)
+        response.set_status(404)
+        return response
+    now = time.time()
+    s = job_summary(job)
+    query = request.query.get("q", "")[:500]
+    page = request.app[TARGET_INDEX_KEY].page(
+        name,
+        job.snapshot,
+        query,
+        int_param(request.query.get("page"), 1),
+        int_param(request.query.get("per_page"), DEFAULT_PER_PAGE),
+    )
+    errors = "".join(f"<li>{_e(err)}</li>" for err in s["errors"])
+    error_box = (
+        f'<div class="banner error" id="job-errors"><ul>{errors}</ul></div>' if errors else ""
+    )
+    guard = s["guard"]
+    guard_box = (
+        '<div class="banner warn">The mass-deletion guard holds the previous '
+        f"{guard['held_previous']:,} target(s) back from an update to "
+        f"{guard['held_proposed']:,}.</div>"
+        if guard["holding"]
+        else ""
+    )
+    outputs = "".join(f"<dd>file <code>{_e(o['path'])}</code></dd>" for o in s["outputs"])
+    facts = (
+        '<dl class="facts">'
+        f"<dt>State</dt><dd>{_badge(s['state'])}</dd>"
+        f'<dt>Targets</dt><dd id="target-total">{s["targets"]:,}</dd>'
+        f"<dt>Last sync</dt><dd>{_ago(s['last_sync'], now)}</dd>"
+        f"<dt>Last publish</dt><dd>{_ago(s['last_publish'], now)}</dd>"
+        f'<dt>Outputs</dt><dd>http_sd <a href="/sd/{quote(name)}"><code>/sd/{_e(name)}</code></a>'
+        f"</dd>{outputs}</dl>"
+    )
+    body = (
+        f'<p class="crumbs"><a href="/">Jobs</a> &rsaquo;</p><h1>{_e(name)}</h1>'
+        f"{error_box}{guard_box}{facts}<h2>Mechanisms</h2>{_mechanisms_table(s, now)}"
+        f"{_targets_section(name, query, page, job.snapshot is not None)}"
+    )
+    return _page(name, body, daemon)
+
+
+def add_routes(app: web.Application) -> None:
+    """Mount the UI pages and their static files on ``app``."""
+    from pathlib import Path
+
+    app.router.add_get("/", index)
+    app.router.add_get("/jobs/{job}", job_page)
+    app.router.add_static("/static", Path(__file__).parent / "static")
