@@ -28,6 +28,7 @@ from .discovery import Mechanism, mechanisms
 from .discovery.base import MechanismConfig, resolve_path
 from .durations import Duration
 from .errors import ConfigError
+from .registry.config import RegistryConfig
 from .relabel import RelabelConfig
 
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$")
@@ -140,6 +141,7 @@ class ConfigBase(StrictModel):
 
     global_: GlobalConfig = Field(GlobalConfig(), alias="global")
     web: WebConfig = WebConfig()
+    registry: RegistryConfig = RegistryConfig()  # the built-in registry's API (sdbridge.registry)
     jobs: list[JobConfigBase] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -263,7 +265,8 @@ def resolve_paths(config: ConfigBase, base_dir: Path) -> ConfigBase:
         jobs.append(job.model_copy(update=update))
     data_dir = resolve_path(config.global_.data_dir, base_dir)
     global_ = config.global_.model_copy(update={"data_dir": data_dir})
-    return config.model_copy(update={"jobs": jobs, "global_": global_})
+    registry = config.registry.resolve_paths(base_dir)
+    return config.model_copy(update={"jobs": jobs, "global_": global_, "registry": registry})
 
 
 def load_config(path: Path) -> ConfigBase:

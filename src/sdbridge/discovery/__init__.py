@@ -22,7 +22,7 @@ from .base import Discoverer, DiscoveryContext, MechanismConfig
 log = logging.getLogger("sdbridge.discovery")
 
 ENTRY_POINT_GROUP = "sdbridge.discoverers"
-BUILTIN_MODULES: tuple[str, ...] = ("sdbridge.discovery.exec",)
+BUILTIN_MODULES: tuple[str, ...] = ("sdbridge.discovery.exec", "sdbridge.discovery.registry")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

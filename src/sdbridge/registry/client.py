@@ -1,0 +1,205 @@
+"""``sdbridge register``: register with a running sdbridge, heartbeat, deregister on exit.
+
+::
+
+    sdbridge register SERVICE ADDRESS [--instance ID] [--label k=v ...] [--ttl 30s]
+                     [--url http://127.0.0.1:9099] [--token-file F]
+
+It keeps heartbeating every ttl/3 until SIGINT or SIGTERM, then deregisters. If
+sdbridge forgot the instance (it expired, or sdbridge's data was wiped), the next
+heartbeat gets a 404 and the client registers again. While sdbridge is unreachable it
+keeps retrying; a refused registration (4xx) ends it with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..discovery.base import Backoff
+from ..durations import parse_duration
+from ..errors import SdbridgeError
+from .api import PREFIX
+
+log = logging.getLogger("sdbridge.register")
+
+DEFAULT_URL = "http://127.0.0.1:9099"
+_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class Refused(SdbridgeError):
+    """sdbridge refused the registration (a 4xx other than 404 on heartbeat)."""
+
+
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``register`` subcommand to the CLI's subparsers."""
+    parser = commands.add_parser(
+        "register",
+        parents=parents,
+        help="register an address with a running sdbridge and heartbeat until stopped",
+        description="Register ADDRESS as an instance of SERVICE with sdbridge's registry, "
+        "renew it every ttl/3, and deregister on SIGINT or SIGTERM.",
+    )
+    parser.add_argument("service", metavar="SERVICE")
+    parser.add_argument("address", metavar="ADDRESS", help="host:port to scrape")
+    parser.add_argument("--instance", help="instance id, unique within SERVICE (default: ADDRESS)")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a target label; repeat for more",
+    )
+    parser.add_argument(
+        "--ttl", default="30s", help="time to live without a heartbeat (default 30s)"
+    )
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"sdbridge's address (default {DEFAULT_URL})"
+    )
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding the registry's write token (bearer)"
+    )
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``["a=b", "c=d"]`` → ``{"a": "b", "c": "d"}``; raise ValueError on an item without ``=``."""
+    labels = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--label {item!r} must look like name=value")
+        labels[name] = value
+    return labels
+
+
+class Registration:
+    """One instance kept registered with sdbridge."""
+
+    def __init__(
+        self,
+        url: str,
+        service: str,
+        instance: str,
+        address: str,
+        labels: dict[str, str],
+        ttl: float,
+        token: str | None = None,
+    ) -> None:
+        self.url = f"{url.rstrip('/')}{PREFIX}/{service}/{instance}"
+        self.name = f"{service}/{instance}"
+        self.body = orjson.dumps({"address": address, "labels": labels, "ttl": ttl})
+        self.ttl = ttl
+        self.headers = {"Content-Type": "application/json"}
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    async def register(self, session: aiohttp.ClientSession) -> None:
+        """PUT the registration; raise Refused on a 4xx, aiohttp errors when unreachable."""
+        async with session.put(self.url, data=self.body, headers=self.headers) as response:
+            await self._check(response)
+
+    async def heartbeat(self, session: aiohttp.ClientSession) -> None:
+        """Renew the ttl, registering again if sdbridge no longer knows the instance."""
+        async with session.post(f"{self.url}/heartbeat", headers=self.headers) as response:
+            if response.status == 404:
+                log.warning("sdbridge forgot %s; registering again", self.name)
+                await self.register(session)
+                return
+            await self._check(response)
+
+    async def deregister(self, session: aiohttp.ClientSession) -> None:
+        """DELETE the registration (a 404 means it is already gone)."""
+        async with session.delete(self.url, headers=self.headers) as response:
+            if response.status != 404:
+                await self._check(response)
+
+    async def _check(self, response: aiohttp.ClientResponse) -> None:
+        if response.status < 400:
+            return
+        text = await response.text()
+        try:
+            message = orjson.loads(text).get("error", text)
+        except (orjson.JSONDecodeError, AttributeError):
+            message = text.strip()
+        if 400 <= response.status < 500:
+            raise Refused(f"sdbridge refused {self.name} ({response.status}): {message}")
+        raise aiohttp.ClientResponseError(
+            response.request_info, (), status=response.status, message=message
+        )
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        """Register, heartbeat every ttl/3 until ``stop`` is set, then deregister."""
+        backoff = Backoff(0.5, max(1.0, self.ttl / 3))
+        async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
+            failing = False
+            registered = False
+            while not stop.is_set():
+                try:
+                    if registered:
+                        await self.heartbeat(session)
+                    else:
+                        await self.register(session)
+                        registered = True
+                        log.info("registered %s at %s", self.name, self.url)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    if not failing:
+                        log.warning("cannot reach sdbridge at %s, retrying: %s", self.url, exc)
+                    failing = True
+                    await _wait(stop, backoff.next_delay())
+                    continue
+                if failing:
+                    log.info("reached sdbridge again")
+                failing = False
+                backoff.reset()
+                await _wait(stop, self.ttl / 3)
+            if registered:
+                try:
+                    await self.deregister(session)
+                    log.info("deregistered %s", self.name)
+                except (aiohttp.ClientError, TimeoutError, Refused) as exc:
+                    log.warning(
+                        "could not deregister %s (its ttl will expire it): %s", self.name, exc
+                    )
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_register(args: argparse.Namespace) -> int:
+    """Run ``sdbridge register`` until SIGINT or SIGTERM; return the exit status."""
+    try:
+        labels = parse_labels(args.label)
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            log.error("cannot read --token-file %s: %s", args.token_file, exc)
+            return 2
+    registration = Registration(
+        args.url, args.service, args.instance or args.address, args.address, labels, ttl, token
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await registration.keep(stop)
+    except Refused as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

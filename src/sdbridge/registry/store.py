@@ -1,0 +1,572 @@
+"""The registry's store: SQLite (WAL) in ``data_dir``, mirrored in memory, with TTL expiry.
+
+Every write goes through one worker thread that owns the SQLite connection, so the
+event loop never blocks on disk and writes reach the database in the order they were
+made. The in-memory mirror is updated on the event loop right after each commit, in
+that same order; reads (the API's GETs, the mechanism) are served from memory.
+
+Expiry is stored as absolute wall-clock time, so a TTL keeps counting while sdbridge is
+stopped: an instance that ran out meanwhile is removed when the store opens.
+
+Subscribers (the ``registry_sd_configs`` mechanism) are called on the event loop with
+the keys whose *targets* changed: a registration, a changed address or labels, a
+deregistration, an expiry. A heartbeat, or a re-registration with the same address and
+labels, only moves the expiry and notifies nobody, so a busy fleet does not cause
+publishes.
+
+A store is shared by everything in the process that uses the same database file
+(:func:`shared_store`), and an exclusive lock file keeps a second process off it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import heapq
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from ..durations import format_duration, parse_duration
+from ..errors import BackendError, SdbridgeError
+from ..model import is_valid_address, is_valid_label_name
+
+log = logging.getLogger("sdbridge.registry")
+
+DB_FILE = "registry.db"
+Key = tuple[str, str]
+"""(service, instance)"""
+Subscriber = Callable[[set[Key]], None]
+
+SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9_.:@\[\]-]{0,199}$")
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 4096
+MAX_ADDRESS = 255
+# Labels a registration may set although they start with "__": the ones Prometheus reads
+# to scrape a target. Any other "__" name is reserved (and __meta_* would spoof the SD).
+SCRAPE_LABELS = frozenset(
+    {"__scheme__", "__metrics_path__", "__scrape_interval__", "__scrape_timeout__"}
+)
+SCRAPE_LABEL_PREFIX = "__param_"
+# Expiry also wakes up at least this often, in case the wall clock jumped.
+_MAX_SLEEP = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    service TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    address TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    ttl REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    registered_at REAL NOT NULL,
+    PRIMARY KEY (service, instance)
+) WITHOUT ROWID
+"""
+
+
+class RegistrationError(SdbridgeError):
+    """A registration that cannot be accepted; ``field`` names the offending input."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One registered instance; ``expires_at`` is Unix time."""
+
+    service: str
+    instance: str
+    address: str
+    labels: Mapping[str, str]
+    ttl: float
+    expires_at: float
+    registered_at: float
+
+    @property
+    def key(self) -> Key:
+        """(service, instance)."""
+        return (self.service, self.instance)
+
+    def same_target(self, other: Instance) -> bool:
+        """Whether both publish the same target (address and labels)."""
+        return self.address == other.address and self.labels == other.labels
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        """The API's view of the instance."""
+        now = time.time() if now is None else now
+        return {
+            "service": self.service,
+            "instance": self.instance,
+            "address": self.address,
+            "labels": dict(self.labels),
+            "ttl": format_duration(self.ttl),
+            "expires_at": round(self.expires_at, 3),
+            "expires_in": round(max(0.0, self.expires_at - now), 3),
+            "registered_at": round(self.registered_at, 3),
+        }
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def check_service(service: str) -> str:
+    """Return ``service`` or raise RegistrationError."""
+    if not SERVICE_RE.match(service):
+        raise RegistrationError(
+            f"invalid service name {service!r}: use 1-128 of [A-Za-z0-9_.-], "
+            "starting with a letter or digit",
+            field="service",
+        )
+    return service
+
+
+def check_instance(instance: str) -> str:
+    """Return ``instance`` or raise RegistrationError."""
+    if not INSTANCE_RE.match(instance):
+        raise RegistrationError(
+            f"invalid instance id {instance!r}: use 1-200 of [A-Za-z0-9_.:@[]-], "
+            "starting with a letter, digit or [",
+            field="instance",
+        )
+    return instance
+
+
+def check_address(address: object) -> str:
+    """Return a valid ``host:port`` address or raise RegistrationError."""
+    if not isinstance(address, str) or not address:
+        raise RegistrationError(
+            '"address" is required and must be a "host:port" string', field="address"
+        )
+    if len(address) > MAX_ADDRESS or not is_valid_address(address):
+        raise RegistrationError(
+            f"invalid address {address[:MAX_ADDRESS]!r}: must be host:port with a port in "
+            "1-65535 (IPv6 as [::1]:9100)",
+            field="address",
+        )
+    return address
+
+
+def check_labels(labels: object) -> dict[str, str]:
+    """Return labels Prometheus accepts, or raise RegistrationError naming the first bad one."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise RegistrationError('"labels" must be an object of string values', field="labels")
+    if len(labels) > MAX_LABELS:
+        raise RegistrationError(
+            f"too many labels: {len(labels)} (at most {MAX_LABELS})", field="labels"
+        )
+    for name, value in labels.items():
+        if not is_valid_label_name(name):
+            raise RegistrationError(
+                f"invalid label name {name!r}: Prometheus label names match [a-zA-Z_][a-zA-Z0-9_]*",
+                field=f"labels.{name}",
+            )
+        if (
+            name.startswith("__")
+            and name not in SCRAPE_LABELS
+            and not name.startswith(SCRAPE_LABEL_PREFIX)
+        ):
+            raise RegistrationError(
+                f"label name {name!r} is reserved: names starting with __ are Prometheus's; "
+                "only __scheme__, __metrics_path__, __scrape_interval__, __scrape_timeout__ "
+                "and __param_<name> may be set",
+                field=f"labels.{name}",
+            )
+        if not isinstance(value, str):
+            raise RegistrationError(
+                f"label {name} must have a string value, got {value!r}", field=f"labels.{name}"
+            )
+        if len(value) > MAX_LABEL_VALUE:
+            raise RegistrationError(
+                f"label {name} is longer than {MAX_LABEL_VALUE} characters", field=f"labels.{name}"
+            )
+    return dict(labels)
+
+
+def check_ttl(ttl: object, *, default: float, minimum: float, maximum: float) -> float:
+    """Parse a ttl (a duration string such as ``"30s"`` or a number of seconds) within bounds."""
+    if ttl is None:
+        return default
+    if isinstance(ttl, bool) or not isinstance(ttl, str | int | float):
+        raise RegistrationError(
+            '"ttl" must be a duration such as "30s" or a number of seconds', field="ttl"
+        )
+    if isinstance(ttl, str):
+        try:
+            seconds = parse_duration(ttl)
+        except ValueError as exc:
+            raise RegistrationError(f"invalid ttl: {exc}", field="ttl") from None
+    else:
+        seconds = float(ttl)
+    if not minimum <= seconds <= maximum:  # also rejects NaN
+        raise RegistrationError(
+            f"ttl {ttl!r} is out of bounds: it must lie between {format_duration(minimum)} "
+            f"and {format_duration(maximum)}",
+            field="ttl",
+        )
+    return seconds
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+class Store:
+    """An open registry database; create with :meth:`open`, end with :meth:`close`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbridge-registry")
+        self._db: sqlite3.Connection | None = None  # only touched in the worker thread
+        self._lock_fd: int | None = None
+        self._instances: dict[Key, Instance] = {}
+        self._subscribers: list[Subscriber] = []
+        self._heap: list[tuple[float, str, str]] = []
+        self._wake = asyncio.Event()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (or create) the database at ``path``; raise BackendError if it cannot."""
+        store = cls(path)
+        try:
+            rows = await store._call(store._open_db)
+        except BaseException:
+            await store._shutdown_executor()
+            raise
+        now = time.time()
+        expired = [i.key for i in rows if i.expires_at <= now]
+        for instance in rows:
+            store._instances[instance.key] = instance
+            heapq.heappush(store._heap, (instance.expires_at, instance.service, instance.instance))
+        if expired:
+            await store._expire(expired, now)
+            log.info("removed %d registration(s) whose ttl ran out while stopped", len(expired))
+        store._expiry_task = asyncio.create_task(
+            store._expiry_loop(), name=f"registry-expiry:{path}"
+        )
+        log.info("registry store %s open with %d instance(s)", path, len(store._instances))
+        return store
+
+    def _open_db(self) -> list[Instance]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BackendError(
+                    f"registry database {self.path} is in use by another sdbridge process; "
+                    "give each one its own global.data_dir"
+                ) from None
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            self._db = db
+            db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives a crash of sdbridge; only an OS crash may lose
+            # the last few, which the clients' next heartbeat restores.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+            rows = db.execute(
+                "SELECT service, instance, address, labels, ttl, expires_at, registered_at FROM instances"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._close_db()
+            raise BackendError(f"cannot open registry database {self.path}: {exc}") from exc
+        except OSError as exc:
+            self._close_db()
+            raise BackendError(f"cannot open registry database {self.path}: {exc}") from exc
+        except BaseException:
+            self._close_db()
+            raise
+        return [
+            Instance(s, i, a, orjson.loads(lab), ttl, exp, reg)
+            for s, i, a, lab, ttl, exp, reg in rows
+        ]
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    async def close(self) -> None:
+        """Stop expiry and close the database; pending writes finish first."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        with contextlib.suppress(Exception):
+            await self._call(self._close_db)
+        await self._shutdown_executor()
+
+    async def _shutdown_executor(self) -> None:
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed and fn is not self._close_db:
+            raise BackendError(f"registry database {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        # Shielded: a cancelled request must not leave memory behind the database.
+        return await asyncio.shield(loop.run_in_executor(self._executor, fn, *args))
+
+    def _execute(self, sql: str, params: Iterable[Any]) -> int:
+        if self._db is None:
+            raise BackendError(f"registry database {self.path} is not open")
+        try:
+            return self._db.execute(sql, tuple(params)).rowcount
+        except sqlite3.Error as exc:
+            raise BackendError(f"registry database {self.path}: {exc}") from exc
+
+    def _executemany(self, sql: str, params: list[tuple[Any, ...]]) -> int:
+        if self._db is None:
+            raise BackendError(f"registry database {self.path} is not open")
+        try:
+            with self._db:  # one transaction
+                self._db.execute("BEGIN")
+                return self._db.executemany(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise BackendError(f"registry database {self.path}: {exc}") from exc
+
+    # --- reads ----------------------------------------------------------------------
+
+    def instances(self, service: str | None = None) -> list[Instance]:
+        """Registered instances (of one service), sorted by service and instance."""
+        found = (i for i in self._instances.values() if service is None or i.service == service)
+        return sorted(found, key=lambda i: i.key)
+
+    def get(self, key: Key) -> Instance | None:
+        """The instance registered under ``key``, if any."""
+        return self._instances.get(key)
+
+    def __len__(self) -> int:
+        return len(self._instances)
+
+    @contextlib.contextmanager
+    def subscribe(self, callback: Subscriber) -> Iterator[None]:
+        """Call ``callback(keys)`` on the event loop whenever those keys' targets change."""
+        self._subscribers.append(callback)
+        try:
+            yield
+        finally:
+            self._subscribers.remove(callback)
+
+    def _notify(self, keys: set[Key]) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(keys)
+            except Exception:
+                log.exception("registry subscriber failed")
+
+    # --- writes ---------------------------------------------------------------------
+
+    async def put(
+        self, service: str, instance: str, address: str, labels: Mapping[str, str], ttl: float
+    ) -> tuple[Instance, bool]:
+        """Register or replace an instance; return it and whether it is new."""
+        now = time.time()
+        key = (service, instance)
+        previous = self._instances.get(key)
+        registered_at = previous.registered_at if previous is not None else now
+        new = Instance(service, instance, address, dict(labels), ttl, now + ttl, registered_at)
+        labels_json = orjson.dumps(new.labels, option=orjson.OPT_SORT_KEYS).decode()
+        await self._call(
+            self._execute,
+            "INSERT INTO instances (service, instance, address, labels, ttl, expires_at, registered_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, instance) DO UPDATE SET"
+            " address=excluded.address, labels=excluded.labels, ttl=excluded.ttl,"
+            " expires_at=excluded.expires_at",
+            (service, instance, address, labels_json, ttl, new.expires_at, registered_at),
+        )
+        # Re-read after the commit: an earlier write may have changed the entry meanwhile.
+        previous = self._instances.get(key)
+        if previous is not None:
+            new = Instance(
+                service, instance, address, new.labels, ttl, new.expires_at, previous.registered_at
+            )
+        self._set(new)
+        if previous is None or not previous.same_target(new):
+            self._notify({key})
+        return new, previous is None
+
+    async def heartbeat(self, service: str, instance: str) -> Instance | None:
+        """Renew an instance's ttl from now; None if it is not registered (or expired)."""
+        key = (service, instance)
+        current = self._instances.get(key)
+        if current is None:
+            return None
+        expires_at = time.time() + current.ttl
+        changed = await self._call(
+            self._execute,
+            "UPDATE instances SET expires_at=? WHERE service=? AND instance=?",
+            (expires_at, service, instance),
+        )
+        current = self._instances.get(key)
+        if not changed or current is None:
+            return None
+        renewed = Instance(
+            service,
+            instance,
+            current.address,
+            current.labels,
+            current.ttl,
+            expires_at,
+            current.registered_at,
+        )
+        self._set(renewed)
+        return renewed
+
+    async def delete(self, service: str, instance: str) -> bool:
+        """Deregister an instance; return whether it was registered."""
+        key = (service, instance)
+        deleted = await self._call(
+            self._execute, "DELETE FROM instances WHERE service=? AND instance=?", key
+        )
+        existed = self._instances.pop(key, None) is not None
+        if existed:
+            self._notify({key})
+        return bool(deleted) or existed
+
+    def _set(self, instance: Instance) -> None:
+        self._instances[instance.key] = instance
+        heapq.heappush(self._heap, (instance.expires_at, instance.service, instance.instance))
+        if self._heap[0][0] == instance.expires_at:
+            self._wake.set()  # the earliest expiry moved earlier
+        if len(self._heap) > 2 * len(self._instances) + 1024:
+            # Heartbeats leave superseded entries behind; rebuild now and then.
+            self._heap = [(i.expires_at, i.service, i.instance) for i in self._instances.values()]
+            heapq.heapify(self._heap)
+
+    # --- expiry ---------------------------------------------------------------------
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.time()
+            due: list[Key] = []
+            while self._heap and self._heap[0][0] <= now:
+                _, service, instance = heapq.heappop(self._heap)
+                current = self._instances.get((service, instance))
+                if current is not None and current.expires_at <= now:
+                    due.append(current.key)
+            if due:
+                try:
+                    await self._expire(list(dict.fromkeys(due)), now)
+                except BackendError as exc:
+                    log.error("cannot remove expired registrations, retrying: %s", exc)
+                    for key in due:  # try again on the next round
+                        heapq.heappush(self._heap, (now, *key))
+                    await asyncio.sleep(1.0)
+                    continue
+            timeout = _MAX_SLEEP
+            if self._heap:
+                timeout = min(_MAX_SLEEP, max(0.0, self._heap[0][0] - time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _expire(self, keys: list[Key], now: float) -> None:
+        # The expires_at condition spares an instance renewed after the decision was made.
+        await self._call(
+            self._executemany,
+            "DELETE FROM instances WHERE service=? AND instance=? AND expires_at<=?",
+            [(s, i, now) for s, i in keys],
+        )
+        gone = set()
+        for key in keys:
+            current = self._instances.get(key)
+            if current is not None and current.expires_at <= now:
+                del self._instances[key]
+                gone.add(key)
+        if gone:
+            log.info("%d registration(s) expired", len(gone), extra={"count": len(gone)})
+            self._notify(gone)
+
+
+# --- sharing one store per database in the process ----------------------------------------
+
+
+@dataclass
+class _Shared:
+    store: Store
+    users: int
+
+
+_shared: dict[Path, _Shared] = {}
+_opening: dict[Path, asyncio.Task[Store]] = {}
+
+
+def db_path(data_dir: Path) -> Path:
+    """The registry database file in ``data_dir``."""
+    return _absolute(data_dir / DB_FILE)
+
+
+def _absolute(path: Path) -> Path:
+    # No filesystem access (unlike resolve()): just the cwd, for a stable key.
+    return Path(os.path.abspath(path))
+
+
+async def acquire_store(path: Path) -> Store:
+    """The process's store for ``path``, opened on first use; pair with :func:`release_store`."""
+    path = _absolute(path)
+    while True:
+        shared = _shared.get(path)
+        if shared is not None:
+            shared.users += 1
+            return shared.store
+        opening = _opening.get(path)
+        if opening is None:
+            opening = asyncio.create_task(Store.open(path))
+            _opening[path] = opening
+            try:
+                store = await asyncio.shield(opening)
+            finally:
+                _opening.pop(path, None)
+            _shared[path] = _Shared(store, 0)
+        else:
+            await asyncio.shield(opening)
+
+
+async def release_store(store: Store) -> None:
+    """Give back a store from :func:`acquire_store`; the last user closes it."""
+    shared = _shared.get(store.path)
+    if shared is None or shared.store is not store:
+        await store.close()
+        return
+    shared.users -= 1
+    if shared.users <= 0:
+        del _shared[store.path]
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def shared_store(path: Path) -> AsyncIterator[Store]:
+    """``async with shared_store(path) as store``: acquire and release the process's store."""
+    store = await acquire_store(path)
+    try:
+        yield store
+    finally:
+        await asyncio.shield(release_store(store))
