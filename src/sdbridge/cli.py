@@ -1,4 +1,4 @@
-"""The ``sdbridge`` command: ``run``, ``check``, ``once``."""
+"""The ``sdbridge`` command: ``run``, ``check``, ``once``, ``register``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from pathlib import Path
 from . import __version__
 from .config import ConfigBase, load_config
 from .daemon import Daemon
+from .defaults import banner, default_config
 from .errors import ConfigError, SdbridgeError
 from .job import Job
 from .logfmt import setup_logging
+from .registry import api as registry_api
+from .registry import client as registry_client
 from .web.server import start_server
 
 log = logging.getLogger("sdbridge")
@@ -57,7 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[common], help="run every job until stopped")
-    run.add_argument("--config.file", "--config", dest="config", type=Path, help="config file")
+    run.add_argument(
+        "--config.file",
+        "--config",
+        dest="config",
+        type=Path,
+        help="config file (default: the built-in registry job, see docs/quickstart.md)",
+    )
     run.add_argument(
         "--web.listen-address",
         dest="listen_address",
@@ -74,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "once", parents=[common], help="run one complete discovery pass, write outputs, exit"
     )
     once.add_argument("--config.file", "--config", dest="config", type=Path, required=True)
+    registry_client.add_parser(commands, [common])
     return parser
 
 
@@ -94,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.config)
         if args.command == "once":
             return asyncio.run(_once(load_config(args.config)))
+        if args.command == "register":
+            return asyncio.run(registry_client.run_register(args))
         return asyncio.run(_run(args))
     except ConfigError as exc:
         print(f"sdbridge: invalid configuration:\n{exc}", file=sys.stderr)
@@ -128,13 +140,17 @@ async def _once(config: ConfigBase) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    if args.config is None:
-        raise ConfigError("no config file given: use --config.file FILE")
-    config = load_config(args.config)
+    # No config file: the built-in default (sdbridge's own registry, see defaults.py).
+    config = load_config(args.config) if args.config is not None else default_config()
     daemon = Daemon(config, config_path=args.config)
     address = args.listen_address or config.web.listen_address or DEFAULT_LISTEN_ADDRESS
-    server = await start_server(daemon, address, args.web_config)
+    server = await start_server(
+        daemon, address, args.web_config, route_hooks=[registry_api.registry_routes(daemon)]
+    )
+    await registry_api.server_listening(server.runner.app, server.url)
     daemon.start()
+    if args.config is None:
+        print(banner(config, server.url), flush=True)
     log.info(
         "sdbridge %s listening on %s with %d job(s)", __version__, server.url, len(daemon.jobs)
     )
