@@ -1,0 +1,933 @@
+"""``zookeeper_sd_configs``: read the registries Java frameworks keep in ZooKeeper.
+
+Three layouts, each read exactly as its framework writes it:
+
+* ``curator``: Apache Curator service discovery (also Spring Cloud Zookeeper and Dubbo 3
+  application-level registration). ``<path>/<service>/<id>`` holds a ``ServiceInstance``
+  as JSON, ``{"name","id","address","port","sslPort","payload","registrationTimeUTC",
+  "serviceType","uriSpec"[,"enabled"]}``; ``address`` may be a host name.
+  Source: apache/curator ``curator-x-discovery/.../ServiceInstance.java`` and
+  ``details/JsonInstanceSerializer.java``.
+* ``dubbo``: Dubbo's interface-level ``ZookeeperRegistry``. The provider URL is the
+  znode *name*, encoded with ``URL.encode`` (Java's form encoding), under
+  ``<root>/<URL-encoded interface>/providers/``; ``<root>`` is ``/dubbo`` unless the
+  registry sets a group. Source: apache/dubbo ``ZookeeperRegistry#toUrlPath``.
+* ``serverset``: Twitter/Finagle serversets, labelled exactly like Prometheus's
+  ``serverset_sd_configs`` (prometheus/prometheus ``discovery/zookeeper/zookeeper.go``):
+  every znode under a path whose data is a serverset member becomes a target.
+
+Watches. kazoo (the client) has no ``addWatch`` yet (python-zk/kazoo#715 is unmerged),
+so persistent recursive watches are out of reach without patching its private protocol
+code. sdbridge uses one-shot child and data watches instead, re-armed by the very read
+that answers each event, so no change can slip between an event and the re-read. Only
+the znodes a layout needs are watched (for Dubbo, ``providers`` and not ``consumers``).
+
+Sessions. kazoo runs its own threads; its callbacks only hop back into the event loop
+with ``loop.call_soon_threadsafe``, and every request is awaited as an asyncio future,
+so the loop never blocks. Any connection loss (SUSPENDED) or session expiry (LOST) is
+followed, once connected again, by a full resync of every path; nothing is sent until
+it completes, and then only the groups that changed (:class:`GroupDiff`). While
+disconnected the last sent targets stay.
+
+Bad znodes are skipped one by one with an error naming the znode, counted in
+``sdbridge_invalid_targets_total``; a znode that cannot be read at all fails the sync.
+With ``watch: false`` the mechanism polls instead, every ``refresh_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, Self
+from urllib.parse import unquote_to_bytes
+
+import orjson
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.protocol.states import EventType, WatchedEvent
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from ..durations import Duration
+from ..errors import BackendError, InvalidTargetError, SdbridgeError
+from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, sanitize_label_name
+from . import register
+from .base import (
+    Backoff,
+    BaseDiscoverer,
+    DiscoveryContext,
+    GroupDiff,
+    RefreshConfig,
+    RefreshDiscoverer,
+    Send,
+    resolve_path,
+)
+
+# --- labels ------------------------------------------------------------------------------
+
+META = "__meta_zookeeper_"
+PATH_LABEL = META + "path"  # the znode of the target (dubbo and curator layouts)
+
+# dubbo: from the provider URL.
+DUBBO = META + "dubbo_"
+DUBBO_PROTOCOL = DUBBO + "protocol"  # URL scheme: dubbo, tri, rest, ...
+DUBBO_PATH = DUBBO + "path"  # URL path, usually the interface name
+DUBBO_INTERFACE = DUBBO + "interface"  # interface= parameter, else the URL path
+DUBBO_APPLICATION = DUBBO + "application"
+DUBBO_VERSION = DUBBO + "version"
+DUBBO_GROUP = DUBBO + "group"
+DUBBO_SIDE = DUBBO + "side"
+DUBBO_PARAM_PREFIX = DUBBO + "param_"  # every URL parameter, name sanitized
+
+# curator: from the ServiceInstance JSON.
+CURATOR = META + "curator_"
+CURATOR_NAME = CURATOR + "name"
+CURATOR_ID = CURATOR + "id"
+CURATOR_ADDRESS = CURATOR + "address"
+CURATOR_PORT = CURATOR + "port"
+CURATOR_SSL_PORT = CURATOR + "ssl_port"
+CURATOR_SERVICE_TYPE = CURATOR + "service_type"  # DYNAMIC, STATIC, PERMANENT, ...
+CURATOR_REGISTRATION_TIME = CURATOR + "registration_time_utc"  # epoch milliseconds
+CURATOR_ENABLED = CURATOR + "enabled"  # "true" unless the instance says otherwise
+CURATOR_URI_SPEC = CURATOR + "uri_spec"  # the template, e.g. {scheme}://{address}:{port}
+CURATOR_PAYLOAD_CLASS = CURATOR + "payload_class"  # Jackson's "@class" of the payload
+CURATOR_PAYLOAD_PREFIX = CURATOR + "payload_"  # scalar payload fields, name sanitized
+CURATOR_METADATA_PREFIX = CURATOR + "payload_metadata_"  # payload.metadata entries
+
+# serverset: identical to Prometheus's serverset_sd_configs.
+SERVERSET = "__meta_serverset_"
+SERVERSET_PATH = SERVERSET + "path"
+SERVERSET_ENDPOINT_PREFIX = SERVERSET + "endpoint"
+SERVERSET_STATUS = SERVERSET + "status"
+SERVERSET_SHARD = SERVERSET + "shard"
+
+Layout = Literal["curator", "dubbo", "serverset"]
+
+# --- configuration -----------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZookeeperTLSConfig(_Strict):
+    """TLS to the ZooKeeper servers (their ``secureClientPort``)."""
+
+    ca_file: Path | None = Field(None, description="CA bundle that signs the servers")
+    cert_file: Path | None = Field(None, description="client certificate, for mutual TLS")
+    key_file: Path | None = Field(None, description="client key, for mutual TLS")
+    key_password: SecretStr | None = Field(None, description="password of key_file")
+    insecure_skip_verify: bool = Field(False, description="do not verify the servers")
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class ZookeeperDigestAuth(_Strict):
+    """ZooKeeper ``digest`` authentication, for znodes whose ACLs need it."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class ZookeeperSDConfig(RefreshConfig):
+    """One ``zookeeper_sd_configs`` entry."""
+
+    servers: list[str] = Field(min_length=1, description="host:port of each server")
+    paths: list[str] = Field(min_length=1, description="base znodes, one tree each")
+    layout: Layout = Field(description="curator, dubbo or serverset")
+    timeout: Duration = Field(10.0, description="session timeout")
+    watch: bool = Field(True, description="follow watches; false polls every refresh_interval")
+    digest_auth: ZookeeperDigestAuth | None = None
+    tls_config: ZookeeperTLSConfig | None = None
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        for server in value:
+            if not server or "/" in server or "," in server:
+                raise ValueError(f"server {server!r} must be host:port (one per list entry)")
+        return value
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or (path != "/" and path.endswith("/")):
+                raise ValueError(f"path {path!r} must start with '/' and not end with one")
+        for path in value:
+            for other in value:
+                if other != path and _is_under(other, path):
+                    raise ValueError(f"path {other!r} lies under {path!r}; list only one")
+        if len(set(value)) != len(value):
+            raise ValueError("paths must be distinct")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("timeout must be greater than 0")
+        return value
+
+    def resolve_paths(self, base_dir: Path) -> Self:
+        """Resolve the TLS files against the config file's directory."""
+        tls = self.tls_config
+        if tls is None:
+            return self
+        update = {
+            name: resolve_path(getattr(tls, name), base_dir)
+            for name in ("ca_file", "cert_file", "key_file")
+            if getattr(tls, name) is not None
+        }
+        return self.model_copy(update={"tls_config": tls.model_copy(update=update)})
+
+
+def _is_under(path: str, base: str) -> bool:
+    return path.startswith(base if base == "/" else base + "/")
+
+
+def _join(parent: str, child: str) -> str:
+    return parent + child if parent == "/" else f"{parent}/{child}"
+
+
+# --- layouts -----------------------------------------------------------------------------
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (Go's ``net.JoinHostPort``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _scalar(value: object) -> str | None:
+    """A JSON scalar as a label value (booleans as Go and Java print them), else None."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
+def _port(value: object, what: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTargetError(f"{what} must be an integer, got {value!r}")
+    return value
+
+
+def parse_serverset_member(data: bytes, path: str) -> LabelSet:
+    """Labels of a serverset member, as Prometheus's ``parseServersetMember`` makes them.
+
+    Go's ``encoding/json`` matches field names case-insensitively, so this does too.
+    """
+    try:
+        member = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidTargetError(f"znode {path}: not a serverset member: {exc}") from None
+    if member is None:  # Go decodes JSON null into an empty struct
+        member = {}
+    if not isinstance(member, dict):
+        raise InvalidTargetError(f"znode {path}: serverset member must be a JSON object")
+    fields = {str(k).lower(): v for k, v in member.items()}
+    endpoint = _serverset_endpoint(fields.get("serviceendpoint"), f"znode {path}: serviceEndpoint")
+    status = fields.get("status")
+    if status is not None and not isinstance(status, str):
+        raise InvalidTargetError(f"znode {path}: status must be a string, got {status!r}")
+    shard = _port(fields.get("shard", 0), f"znode {path}: shard", allow_none=True) or 0
+    host, port = endpoint
+    labels = {
+        SERVERSET_PATH: path,
+        ADDRESS_LABEL: join_host_port(host, port),
+        SERVERSET_ENDPOINT_PREFIX + "_host": host,
+        SERVERSET_ENDPOINT_PREFIX + "_port": str(port),
+        SERVERSET_STATUS: status or "",
+        SERVERSET_SHARD: str(shard),
+    }
+    additional = fields.get("additionalendpoints") or {}
+    if not isinstance(additional, dict):
+        raise InvalidTargetError(f"znode {path}: additionalEndpoints must be a JSON object")
+    for name, value in additional.items():
+        extra_host, extra_port = _serverset_endpoint(value, f"znode {path}: endpoint {name!r}")
+        clean = sanitize_label_name(name)
+        labels[f"{SERVERSET_ENDPOINT_PREFIX}_host_{clean}"] = extra_host
+        labels[f"{SERVERSET_ENDPOINT_PREFIX}_port_{clean}"] = str(extra_port)
+    return labels
+
+
+def _serverset_endpoint(value: object, what: str) -> tuple[str, int]:
+    if value is None:
+        return "", 0
+    if not isinstance(value, dict):
+        raise InvalidTargetError(f"{what} must be a JSON object")
+    fields = {str(k).lower(): v for k, v in value.items()}
+    host = fields.get("host") or ""
+    if not isinstance(host, str):
+        raise InvalidTargetError(f"{what}: host must be a string, got {host!r}")
+    port = _port(fields.get("port"), f"{what}: port", allow_none=True) or 0
+    return host, port
+
+
+def _uri_spec(value: object) -> str:
+    """Curator's ``UriSpec`` as its template string, e.g. ``{scheme}://{address}:{port}``."""
+    if not isinstance(value, dict) or not isinstance(value.get("parts"), list):
+        return ""
+    text = []
+    for part in value["parts"]:
+        if isinstance(part, dict) and isinstance(part.get("value"), str):
+            text.append("{" + part["value"] + "}" if part.get("variable") else part["value"])
+    return "".join(text)
+
+
+def parse_curator_instance(data: bytes, path: str) -> LabelSet:
+    """Labels of a Curator ``ServiceInstance``; the address may be a host name."""
+    if not data:
+        raise InvalidTargetError(f"znode {path}: empty, expected a Curator ServiceInstance")
+    try:
+        instance = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidTargetError(f"znode {path}: not a Curator ServiceInstance: {exc}") from None
+    if not isinstance(instance, dict):
+        raise InvalidTargetError(f"znode {path}: a Curator ServiceInstance is a JSON object")
+    address = instance.get("address")
+    if not isinstance(address, str) or not address.strip():
+        raise InvalidTargetError(f"znode {path}: no address in the ServiceInstance")
+    address = address.strip()
+    port = _port(instance.get("port"), f"znode {path}: port", allow_none=True)
+    ssl_port = _port(instance.get("sslPort"), f"znode {path}: sslPort", allow_none=True)
+    chosen = port if port is not None else ssl_port
+    if chosen is None:
+        raise InvalidTargetError(f"znode {path}: the ServiceInstance has no port nor sslPort")
+    enabled = instance.get("enabled", True)
+    labels = {
+        ADDRESS_LABEL: join_host_port(address, chosen),
+        PATH_LABEL: path,
+        CURATOR_NAME: _scalar(instance.get("name")) or "",
+        CURATOR_ID: _scalar(instance.get("id")) or "",
+        CURATOR_ADDRESS: address,
+        CURATOR_PORT: "" if port is None else str(port),
+        CURATOR_SSL_PORT: "" if ssl_port is None else str(ssl_port),
+        CURATOR_SERVICE_TYPE: _scalar(instance.get("serviceType")) or "",
+        CURATOR_REGISTRATION_TIME: _scalar(instance.get("registrationTimeUTC")) or "",
+        CURATOR_ENABLED: _scalar(enabled if enabled is not None else True) or "",
+        CURATOR_URI_SPEC: _uri_spec(instance.get("uriSpec")),
+    }
+    payload = instance.get("payload")
+    if isinstance(payload, dict):
+        for key, value in sorted(payload.items()):
+            if key == "@class":
+                labels[CURATOR_PAYLOAD_CLASS] = _scalar(value) or ""
+            elif key == "metadata" and isinstance(value, dict):
+                for meta_key, meta_value in sorted(value.items()):
+                    text = _scalar(meta_value)
+                    if text is not None:
+                        labels[CURATOR_METADATA_PREFIX + sanitize_label_name(meta_key)] = text
+            elif (text := _scalar(value)) is not None:
+                labels[CURATOR_PAYLOAD_PREFIX + sanitize_label_name(key)] = text
+    return labels
+
+
+_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def java_url_decode(text: str, what: str) -> str:
+    """Decode like Java's ``URLDecoder.decode(s, "UTF-8")`` (Dubbo's ``URL.decode``).
+
+    ``+`` is a space; a malformed ``%`` escape or bytes that are not UTF-8 are errors, as
+    in Java (which throws), instead of being passed through as Python's ``unquote`` does.
+    """
+    if _PERCENT_RE.search(text):
+        raise InvalidTargetError(f"{what}: malformed %-escape in {text!r}")
+    raw = unquote_to_bytes(text.replace("+", " "))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidTargetError(f"{what}: %-escapes that are not UTF-8 in {text!r}") from None
+
+
+def _maybe_decode_value(value: str) -> str:
+    # dubbo-go query-escapes parameter values before it escapes the whole URL, so they
+    # arrive escaped once more; Java Dubbo writes them raw. Decode only clean escapes.
+    if "%" not in value or _PERCENT_RE.search(value):
+        return value
+    try:
+        return unquote_to_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+def parse_dubbo_provider(name: str, path: str) -> LabelSet:
+    """Labels of a Dubbo provider from its znode name (a URL-encoded provider URL)."""
+    what = f"znode {path}"
+    url = java_url_decode(name, what)
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise InvalidTargetError(f"{what}: not a Dubbo provider URL: {url!r}")
+    rest, _, query = rest.partition("?")
+    hostport, _, url_path = rest.partition("/")
+    hostport = hostport.rpartition("@")[2]  # drop user:password@
+    host, port = _split_host_port(hostport, what)
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not key:
+            continue
+        # Dubbo's URL.valueOf reads a bare "key" as key=key.
+        params[key] = _maybe_decode_value(value) if eq else key
+    labels = {
+        ADDRESS_LABEL: join_host_port(host, port),
+        PATH_LABEL: path,
+        DUBBO_PROTOCOL: scheme,
+        DUBBO_PATH: url_path,
+        DUBBO_INTERFACE: params.get("interface", url_path),
+        DUBBO_APPLICATION: params.get("application", ""),
+        DUBBO_VERSION: params.get("version", ""),
+        DUBBO_GROUP: params.get("group", ""),
+        DUBBO_SIDE: params.get("side", ""),
+    }
+    for key in sorted(params):
+        labels[DUBBO_PARAM_PREFIX + sanitize_label_name(key)] = params[key]
+    return labels
+
+
+def _split_host_port(hostport: str, what: str) -> tuple[str, int]:
+    if hostport.startswith("["):
+        host, bracket, port_text = hostport[1:].partition("]")
+        port_text = port_text.removeprefix(":") if bracket else ""
+    else:
+        host, _, port_text = hostport.rpartition(":")
+        if ":" in host:  # a bare IPv6 address: the port is after the last colon
+            with contextlib.suppress(ValueError):
+                ipaddress.IPv6Address(hostport)
+                host, port_text = hostport, ""
+    if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise InvalidTargetError(f"{what}: provider address {hostport!r} is not host:port")
+    return host, int(port_text)
+
+
+class _Shape(Protocol):
+    """Which znodes a layout reads, and how a znode becomes a target."""
+
+    def lists_children(self, depth: int) -> bool: ...
+    def descends_into(self, depth: int, name: str) -> bool: ...
+    def reads_data(self, depth: int) -> bool: ...
+    def parse(self, path: str, depth: int, data: bytes | None) -> LabelSet | None: ...
+
+
+class _Dubbo:
+    # <root>/<interface>/providers/<url>: depth 0, 1, 2, 3.
+    def lists_children(self, depth: int) -> bool:
+        return depth < 3
+
+    def descends_into(self, depth: int, name: str) -> bool:
+        return depth != 2 or name == "providers"
+
+    def reads_data(self, depth: int) -> bool:
+        return False
+
+    def parse(self, path: str, depth: int, data: bytes | None) -> LabelSet | None:
+        if depth != 3:
+            return None
+        return parse_dubbo_provider(path.rpartition("/")[2], path)
+
+
+class _Curator:
+    # <base>/<service>/<id>: depth 0, 1, 2.
+    def lists_children(self, depth: int) -> bool:
+        return depth < 2
+
+    def descends_into(self, depth: int, name: str) -> bool:
+        return True
+
+    def reads_data(self, depth: int) -> bool:
+        return depth == 2
+
+    def parse(self, path: str, depth: int, data: bytes | None) -> LabelSet | None:
+        if depth != 2:
+            return None
+        return parse_curator_instance(data or b"", path)
+
+
+class _Serverset:
+    # Any depth, like Prometheus's tree cache: every znode with member data is a target.
+    def lists_children(self, depth: int) -> bool:
+        return True
+
+    def descends_into(self, depth: int, name: str) -> bool:
+        return True
+
+    def reads_data(self, depth: int) -> bool:
+        return True
+
+    def parse(self, path: str, depth: int, data: bytes | None) -> LabelSet | None:
+        if not data:  # an inner znode (Prometheus drops these silently, so do we)
+            return None
+        return parse_serverset_member(data, path)
+
+
+SHAPES: dict[str, _Shape] = {"dubbo": _Dubbo(), "curator": _Curator(), "serverset": _Serverset()}
+
+# --- the kazoo session, bridged to asyncio -----------------------------------------------
+
+Watcher = Callable[[WatchedEvent], None]
+
+
+class _Gone(Exception):
+    """The znode does not exist (any more)."""
+
+
+class _Session:
+    """A kazoo client whose state changes and results arrive in the event loop."""
+
+    def __init__(self, config: ZookeeperSDConfig, context: DiscoveryContext) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.context = context
+        self.hosts = ",".join(config.servers)
+        self.connected = asyncio.Event()
+        self.changed = asyncio.Event()  # a state change or a watch event happened
+        self._resync_needed = True
+        self.state: str | None = None
+        self.closing = False
+        self.client = KazooClient(hosts=self.hosts, **_client_options(config))
+        self.client.add_listener(self._listener)
+
+    def must_resync(self) -> bool:
+        """Whether the connection dropped since :meth:`resyncing` was called."""
+        return self._resync_needed
+
+    def resyncing(self) -> None:
+        """Note that a full resync starts now."""
+        self._resync_needed = False
+
+    def start(self) -> None:
+        """Start connecting in kazoo's threads; returns at once."""
+        self.client.start_async()
+
+    async def close(self) -> None:
+        """Close the session (off the loop: kazoo joins its threads)."""
+        self.closing = True
+        await asyncio.to_thread(_stop_client, self.client)
+
+    def _listener(self, state: str) -> None:
+        # kazoo's connection thread: hop into the loop, never block here.
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self.loop.call_soon_threadsafe(self._on_state, state)
+
+    def _on_state(self, state: str) -> None:
+        if self.closing:
+            return
+        previous, self.state = self.state, state
+        log = self.context.logger
+        if state == KazooState.CONNECTED:
+            session = self.client.client_id[0] if self.client.client_id else 0
+            log.info("connected to ZooKeeper %s (session 0x%x)", self.hosts, session)
+            self.connected.set()
+        else:
+            self.connected.clear()
+            self._resync_needed = True
+            if state == KazooState.LOST:
+                log.warning("ZooKeeper session expired; a new session will resync everything")
+            elif previous != state:
+                log.warning(
+                    "lost the connection to ZooKeeper %s; keeping the last targets", self.hosts
+                )
+        self.changed.set()
+
+    async def call(self, method: Callable[..., Any], *args: Any, what: str) -> Any:
+        """Run a kazoo ``*_async`` method and await its result in the loop.
+
+        Raises :class:`_Gone` when the znode does not exist, :class:`BackendError` else.
+        """
+        future: asyncio.Future[Any] = self.loop.create_future()
+
+        def resolve(value: Any, error: BaseException | None) -> None:
+            if not future.done():
+                if error is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(error)
+
+        def completed(result: Any) -> None:  # kazoo's callback thread
+            error = result.exception
+            value = None if error is not None else result.value
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(resolve, value, error)
+
+        self.context.count_request()
+        try:
+            method(*args).rawlink(completed)
+            return await future
+        except NoNodeError:
+            raise _Gone(what) from None
+        except KazooException as exc:
+            raise BackendError(f"ZooKeeper {self.hosts}: {what}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _stop_client(client: KazooClient) -> None:
+    with contextlib.suppress(Exception):
+        client.stop()
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+def _client_options(config: ZookeeperSDConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "timeout": config.timeout,
+        # Reconnect forever; sdbridge reports the outage and keeps the last targets.
+        "connection_retry": {"max_tries": -1, "delay": 0.2, "backoff": 2, "max_delay": 5.0},
+    }
+    if config.digest_auth is not None:
+        secret = config.digest_auth.password.get_secret_value()
+        options["auth_data"] = [("digest", f"{config.digest_auth.username}:{secret}")]
+    tls = config.tls_config
+    if tls is not None:
+        options["use_ssl"] = True
+        options["verify_certs"] = not tls.insecure_skip_verify
+        if tls.ca_file is not None:
+            options["ca"] = str(tls.ca_file)
+        if tls.cert_file is not None:
+            options["certfile"] = str(tls.cert_file)
+        if tls.key_file is not None:
+            options["keyfile"] = str(tls.key_file)
+        if tls.key_password is not None:
+            options["keyfile_password"] = tls.key_password.get_secret_value()
+    return options
+
+
+# --- the mirrored tree -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Node:
+    depth: int
+    exists: bool = True
+    data: bytes | None = None
+    children: frozenset[str] = frozenset()
+    group: TargetGroup | None = None
+
+
+@dataclass
+class _Tree:
+    """The znodes a layout needs under each path, with their target groups."""
+
+    session: _Session
+    shape: _Shape
+    roots: list[str]
+    context: DiscoveryContext
+    nodes: dict[str, _Node] = field(default_factory=dict)
+    pending: set[tuple[str, str]] = field(default_factory=set)
+
+    # Watchers are bound methods: kazoo keeps them in sets, so re-arming one is idempotent.
+    def data_watcher(self, event: WatchedEvent) -> None:
+        """kazoo thread: a data (or exists) watch fired."""
+        self._fired("data", event)
+
+    def child_watcher(self, event: WatchedEvent) -> None:
+        """kazoo thread: a child watch fired."""
+        self._fired("children", event)
+
+    def _fired(self, kind: str, event: WatchedEvent) -> None:
+        if event.type == EventType.NONE or event.path is None:
+            return  # a session event; the state listener handles those
+        with contextlib.suppress(RuntimeError):
+            self.session.loop.call_soon_threadsafe(self._note, kind, event.path)
+
+    def _note(self, kind: str, path: str) -> None:
+        self.pending.add((kind, path))
+        self.session.changed.set()
+
+    def groups(self) -> list[TargetGroup]:
+        """The current target groups, one per target znode."""
+        return [n.group for n in self.nodes.values() if n.group is not None]
+
+    async def resync(self, *, watch: bool) -> None:
+        """Read every path again (re-arming watches) and replace the tree; raise on failure."""
+        self.pending.clear()
+        fetched = await asyncio.gather(*(self._fetch(root, 0, watch) for root in self.roots))
+        nodes: dict[str, _Node] = {}
+        for subtree in fetched:
+            nodes.update(subtree)
+        old = self.nodes
+        for path, node in nodes.items():
+            self._parse(path, node, old.get(path))
+        self.nodes = nodes
+
+    async def apply(self, events: Iterable[tuple[str, str]]) -> bool:
+        """Re-read the znodes named by watch events; return whether any target changed."""
+        work = [(kind, path, node) for kind, path in events if (node := self.nodes.get(path))]
+        refetch: dict[str, int] = {}
+        reads = [self._read(kind, path, node) for kind, path, node in work if node.exists]
+        results = await asyncio.gather(*reads, return_exceptions=True)
+        changed = False
+        results_iter = iter(results)
+        for kind, path, node in work:
+            if not node.exists:  # an absent base path whose exists-watch fired
+                refetch[path] = node.depth
+                continue
+            result = next(results_iter)
+            if self.nodes.get(path) is not node:
+                continue  # removed or replaced by an earlier event of this batch
+            if isinstance(result, _Gone):
+                changed |= self._drop(path)
+                if path in self.roots:
+                    refetch[path] = 0  # watch for it to come back
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            if kind == "data":
+                if result != node.data:
+                    old_group = node.group
+                    node.data, node.group = result, None
+                    self._parse(path, node, None)
+                    changed |= node.group != old_group
+            else:
+                names = frozenset(c for c in result if self.shape.descends_into(node.depth + 1, c))
+                for gone in node.children - names:
+                    changed |= self._drop(_join(path, gone))
+                for new in names - node.children:
+                    refetch[_join(path, new)] = node.depth + 1
+                node.children = names
+        if refetch:
+            subtrees = await asyncio.gather(
+                *(self._fetch(path, depth, True) for path, depth in refetch.items())
+            )
+            for (path, _), subtree in zip(refetch.items(), subtrees, strict=True):
+                previous = self.nodes.get(path)
+                changed |= self._drop(path)
+                for sub_path, sub_node in subtree.items():
+                    self._parse(sub_path, sub_node, previous if sub_path == path else None)
+                    self.nodes[sub_path] = sub_node
+                    changed |= sub_node.group is not None
+        return changed
+
+    def _drop(self, path: str) -> bool:
+        """Forget a znode and everything under it; return whether a target went away."""
+        node = self.nodes.pop(path, None)
+        if node is None:
+            return False
+        changed = node.group is not None
+        for child in node.children:
+            changed |= self._drop(_join(path, child))
+        return changed
+
+    def _parse(self, path: str, node: _Node, previous: _Node | None) -> None:
+        if previous is not None and previous.data == node.data and previous.depth == node.depth:
+            node.group = previous.group  # unchanged: neither parse nor report it again
+            return
+        if not node.exists:
+            return
+        try:
+            labels = self.shape.parse(path, node.depth, node.data)
+            if labels is not None:
+                node.group = TargetGroup(source=path, targets=(labels,))
+        except InvalidTargetError as exc:
+            prefix = f"znode {path}: "
+            message = str(exc)
+            self.context.record_invalid(f"znode {path}", message.removeprefix(prefix))
+
+    async def _read(self, kind: str, path: str, node: _Node) -> Any:
+        session, client = self.session, self.session.client
+        if kind == "data":
+            if not self.shape.reads_data(node.depth):
+                # A deletion fires data watches too; probe it without a new watch.
+                stat = await session.call(client.exists_async, path, what=f"exists {path}")
+                if stat is None:
+                    raise _Gone(path)
+                return node.data
+            data, _ = await session.call(
+                client.get_async, path, self.data_watcher, what=f"reading {path}"
+            )
+            return data
+        if not self.shape.lists_children(node.depth):
+            return []
+        return await session.call(
+            client.get_children_async, path, self.child_watcher, what=f"listing {path}"
+        )
+
+    async def _fetch(self, path: str, depth: int, watch: bool) -> dict[str, _Node]:
+        """Read ``path`` and the subtree the layout needs; pure I/O, the tree is untouched."""
+        out: dict[str, _Node] = {}
+        session, client = self.session, self.session.client
+        data_watch = self.data_watcher if watch else None
+        child_watch = self.child_watcher if watch else None
+
+        async def visit(path: str, depth: int) -> None:
+            calls = []
+            if self.shape.reads_data(depth):
+                calls.append(
+                    session.call(client.get_async, path, data_watch, what=f"reading {path}")
+                )
+            if self.shape.lists_children(depth):
+                calls.append(
+                    session.call(
+                        client.get_children_async, path, child_watch, what=f"listing {path}"
+                    )
+                )
+            try:
+                results = await asyncio.gather(*calls)
+            except _Gone:
+                if depth == 0:  # a base path that does not exist (yet): watch for it
+                    await session.call(client.exists_async, path, data_watch, what=f"exists {path}")
+                    out[path] = _Node(0, exists=False)
+                return
+            node = _Node(depth)
+            if self.shape.reads_data(depth):
+                node.data = results.pop(0)[0]
+            if self.shape.lists_children(depth):
+                node.children = frozenset(
+                    c for c in results.pop(0) if self.shape.descends_into(depth + 1, c)
+                )
+            out[path] = node
+            if node.children:
+                await asyncio.gather(*(visit(_join(path, c), depth + 1) for c in node.children))
+
+        await visit(path, depth)
+        # A base path that vanished between its listing and an exists() is read next time.
+        return out
+
+
+# --- the discoverer ----------------------------------------------------------------------
+
+# Bursts of watch events are batched: wait until they pause this long, at most _BATCH_MAX.
+_BATCH_PAUSE = 0.02
+_BATCH_MAX = 0.2
+
+
+@register("zookeeper", ZookeeperSDConfig)
+class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
+    """Mirrors the configured paths through watches (or polls them), one target per znode."""
+
+    def __init__(self, config: ZookeeperSDConfig, context: DiscoveryContext) -> None:
+        super().__init__(config, context)
+        self.session: _Session | None = None
+
+    @property
+    def client(self) -> KazooClient | None:
+        """The running kazoo client (for diagnostics and tests), or None."""
+        return self.session.client if self.session is not None else None
+
+    def _operation_timeout(self) -> float:
+        # A sync that makes no progress for this long is abandoned and retried.
+        return max(30.0, 3 * self.config.timeout)
+
+    async def run(self, send: Send) -> None:
+        """Follow the paths until cancelled."""
+        session = _Session(self.config, self.context)
+        tree = _Tree(session, SHAPES[self.config.layout], list(self.config.paths), self.context)
+        self.session = session
+        session.start()
+        try:
+            if self.config.watch:
+                await self._watch(send, session, tree)
+            else:
+                await _Poller(self.config, self.context, session, tree).run(send)
+        finally:
+            self.session = None
+            await asyncio.shield(session.close())
+
+    async def _watch(self, send: Send, session: _Session, tree: _Tree) -> None:
+        diff = GroupDiff()
+        backoff = Backoff(0.5, 30.0)
+        failed = False
+        while True:
+            if failed:
+                await asyncio.sleep(backoff.next_delay())
+            await session.connected.wait()
+            session.resyncing()
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self._operation_timeout()):
+                    await tree.resync(watch=True)
+            except (SdbridgeError, _Gone, TimeoutError) as exc:
+                self.context.record_failure(_resync_error(exc, session), time.monotonic() - started)
+                failed = True
+                continue
+            failed = False
+            backoff.reset()
+            self.context.record_success(time.monotonic() - started)
+            await send(diff.changes(tree.groups()))
+            try:
+                await self._follow(send, session, tree, diff)
+            except (SdbridgeError, _Gone, TimeoutError) as exc:
+                self.context.record_failure(_resync_error(exc, session))
+                failed = True
+
+    async def _follow(self, send: Send, session: _Session, tree: _Tree, diff: GroupDiff) -> None:
+        """Apply watch events until the session needs a full resync."""
+        while not session.must_resync():
+            await session.changed.wait()
+            await _settle(tree)
+            session.changed.clear()
+            if session.must_resync():
+                return
+            events, tree.pending = tree.pending, set()
+            if not events:
+                continue
+            async with asyncio.timeout(self._operation_timeout()):
+                changed = await tree.apply(events)
+            if changed and not session.must_resync():
+                await send(diff.changes(tree.groups()))
+            # If the connection dropped meanwhile, the resync that follows sends the truth.
+
+
+async def _settle(tree: _Tree) -> None:
+    deadline = time.monotonic() + _BATCH_MAX
+    while time.monotonic() < deadline:
+        seen = len(tree.pending)
+        await asyncio.sleep(_BATCH_PAUSE)
+        if len(tree.pending) == seen:
+            return
+
+
+def _resync_error(exc: BaseException, session: _Session) -> SdbridgeError:
+    if isinstance(exc, SdbridgeError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return BackendError(f"ZooKeeper {session.hosts}: sync timed out")
+    return BackendError(f"ZooKeeper {session.hosts}: {exc} vanished during the sync")
+
+
+class _Poller(RefreshDiscoverer[ZookeeperSDConfig]):
+    """``watch: false``: read every path without watches every ``refresh_interval``."""
+
+    def __init__(
+        self,
+        config: ZookeeperSDConfig,
+        context: DiscoveryContext,
+        session: _Session,
+        tree: _Tree,
+    ) -> None:
+        super().__init__(config, context)
+        self.session = session
+        self.tree = tree
+
+    async def refresh(self) -> list[TargetGroup]:
+        """Read the whole tree once; raise if not connected within the session timeout."""
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                await self.session.connected.wait()
+        except TimeoutError:
+            raise BackendError(f"ZooKeeper {self.session.hosts}: not connected") from None
+        try:
+            async with asyncio.timeout(max(30.0, 3 * self.config.timeout)):
+                await self.tree.resync(watch=False)
+        except (_Gone, TimeoutError) as exc:
+            raise _resync_error(exc, self.session) from None
+        return self.tree.groups()
