@@ -22,7 +22,13 @@ from .base import Discoverer, DiscoveryContext, MechanismConfig
 log = logging.getLogger("sdbridge.discovery")
 
 ENTRY_POINT_GROUP = "sdbridge.discoverers"
-BUILTIN_MODULES: tuple[str, ...] = ("sdbridge.discovery.exec", "sdbridge.discovery.registry")
+BUILTIN_MODULES: tuple[str, ...] = (
+    "sdbridge.discovery.exec",
+    "sdbridge.discovery.consul",
+    "sdbridge.discovery.registry",
+    "sdbridge.discovery.etcd",
+    "sdbridge.discovery.zookeeper",
+)
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
