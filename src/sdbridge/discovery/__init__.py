@@ -28,6 +28,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "sdbridge.discovery.registry",
     "sdbridge.discovery.etcd",
     "sdbridge.discovery.zookeeper",
+    "sdbridge.discovery.dockerswarm",
+    "sdbridge.discovery.docker",
 )
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 

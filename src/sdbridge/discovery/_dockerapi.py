@@ -1,0 +1,603 @@
+"""A small Docker Engine API client, shared by ``dockerswarm`` and ``docker``.
+
+It speaks HTTP over the engine's unix socket (aiohttp's ``UnixConnector``) or over TCP,
+optionally with TLS and HTTP auth, negotiates the API version with ``GET /version``
+the way the Docker CLI does (the lower of the engine's version and ours), and follows
+``GET /events`` as a stream of JSON lines.
+
+Every failure leaves this module as a :class:`~sdbridge.errors.BackendError` that names
+the engine (its ``host``), the request, and what to do about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from ..errors import BackendError
+from ..model import TargetGroup, sanitize_label_name
+from .base import Backoff, DiscoveryContext, RefreshConfig, RefreshDiscoverer, Send, resolve_path
+
+# API versions this client understands. The response fields sdbridge reads exist since
+# 1.24 (the first swarm-mode API); 1.47 is Docker 27. Newer engines are asked for 1.47,
+# older ones for their own version, exactly as the Docker CLI negotiates.
+MIN_API_VERSION = "1.24"
+MAX_API_VERSION = "1.47"
+
+USER_AGENT = "sdbridge"
+_SCHEMES = ("unix", "tcp", "http", "https")
+
+
+def parse_api_version(text: str) -> tuple[int, ...]:
+    """``"1.41"`` → ``(1, 41)``; raises ValueError for anything else."""
+    parts = tuple(int(p) for p in text.split("."))
+    if len(parts) != 2:
+        raise ValueError(f"not an API version: {text!r}")
+    return parts
+
+
+def negotiate_api_version(host: str, version: Mapping[str, Any]) -> str:
+    """The API version to speak, given the engine's ``GET /version`` answer.
+
+    The lower of the engine's ``ApiVersion`` and :data:`MAX_API_VERSION`; a
+    :class:`BackendError` when the engine is older than :data:`MIN_API_VERSION`, or when
+    it no longer accepts any version this client knows.
+    """
+    server = version.get("ApiVersion")
+    try:
+        server_version = parse_api_version(str(server))
+    except ValueError:
+        raise BackendError(
+            f"Docker Engine at {host}: GET /version has no usable ApiVersion ({server!r}); "
+            "is this a Docker Engine?"
+        ) from None
+    engine = version.get("Version", "?")
+    if server_version < parse_api_version(MIN_API_VERSION):
+        raise BackendError(
+            f"Docker Engine at {host} (version {engine}) speaks API {server}, older than "
+            f"{MIN_API_VERSION} which sdbridge needs; upgrade the engine"
+        )
+    chosen = min(server_version, parse_api_version(MAX_API_VERSION))
+    minimum = version.get("MinAPIVersion")
+    if minimum is not None:
+        try:
+            too_new = parse_api_version(str(minimum)) > chosen
+        except ValueError:
+            too_new = False
+        if too_new:
+            raise BackendError(
+                f"Docker Engine at {host} (version {engine}) no longer accepts API "
+                f"{'.'.join(map(str, chosen))} (its minimum is {minimum}); upgrade sdbridge"
+            )
+    return ".".join(map(str, chosen))
+
+
+class Filter(BaseModel):
+    """One engine-side filter, as in Prometheus: ``{name: label, values: [a=b]}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="filter name, e.g. label, name, status")
+    values: list[str] = Field(default_factory=list, description="values; any may match")
+
+
+class TLSConfig(BaseModel):
+    """``tls_config`` for a TCP engine: Prometheus's fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = Field(None, description="CA certificate(s) to verify the engine")
+    cert_file: Path | None = Field(None, description="client certificate (with key_file)")
+    key_file: Path | None = Field(None, description="client key (with cert_file)")
+    server_name: str | None = Field(None, description="name to verify the certificate against")
+    insecure_skip_verify: bool = Field(False, description="do not verify the certificate")
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls_config: cert_file and key_file go together")
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """An SSL context for these settings; raises OSError/SSLError for bad files."""
+        context = ssl.create_default_context(
+            cafile=str(self.ca_file) if self.ca_file is not None else None
+        )
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        if self.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+class BasicAuth(BaseModel):
+    """``basic_auth``: a username and a password (inline or from a file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    username: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("basic_auth: set password or password_file, not both")
+        return self
+
+
+class Authorization(BaseModel):
+    """``authorization``: an ``Authorization: <type> <credentials>`` header."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = "Bearer"
+    credentials: SecretStr | None = None
+    credentials_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Self:
+        if self.credentials is not None and self.credentials_file is not None:
+            raise ValueError("authorization: set credentials or credentials_file, not both")
+        return self
+
+
+class EngineConfig(RefreshConfig):
+    """The options every Docker mechanism shares: where the engine is, and how to filter."""
+
+    host: str = Field(
+        description="engine address: unix:///var/run/docker.sock, tcp://h:2376, https://h:2376"
+    )
+    port: int = Field(80, ge=1, le=65535, description="port of targets that have none")
+    filters: list[Filter] = Field(default_factory=list, description="engine-side list filters")
+    tls_config: TLSConfig | None = Field(None, description="TLS for a tcp/https engine")
+    basic_auth: BasicAuth | None = Field(None, description="HTTP basic auth (tcp/https)")
+    authorization: Authorization | None = Field(None, description="auth header (tcp/https)")
+    watch_events: bool = Field(
+        True, description="refresh as soon as the engine reports a relevant event (sdbridge)"
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in _SCHEMES:
+            raise ValueError(f"host {value!r} must start with unix://, tcp://, http:// or https://")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError(f"host {value!r} names no socket path")
+        elif not parts.hostname:
+            raise ValueError(f"host {value!r} names no host")
+        else:
+            try:
+                _ = parts.port
+            except ValueError as exc:
+                raise ValueError(f"host {value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _auth_needs_tcp(self) -> Self:
+        if urlsplit(self.host).scheme == "unix" and (
+            self.tls_config or self.basic_auth or self.authorization
+        ):
+            raise ValueError(
+                "tls_config, basic_auth and authorization apply only to tcp://, http:// "
+                "or https:// hosts, not to a unix socket"
+            )
+        if self.basic_auth is not None and self.authorization is not None:
+            raise ValueError("set basic_auth or authorization, not both")
+        return self
+
+    def resolve_paths(self, base_dir: Path) -> Self:
+        """Resolve the TLS and credential files against the config file's directory."""
+        update: dict[str, Any] = {}
+        if self.tls_config is not None:
+            tls = self.tls_config
+            update["tls_config"] = tls.model_copy(
+                update={
+                    k: resolve_path(p, base_dir)
+                    for k in ("ca_file", "cert_file", "key_file")
+                    if (p := getattr(tls, k)) is not None
+                }
+            )
+        if self.basic_auth is not None and self.basic_auth.password_file is not None:
+            update["basic_auth"] = self.basic_auth.model_copy(
+                update={"password_file": resolve_path(self.basic_auth.password_file, base_dir)}
+            )
+        if self.authorization is not None and self.authorization.credentials_file is not None:
+            file = resolve_path(self.authorization.credentials_file, base_dir)
+            update["authorization"] = self.authorization.model_copy(
+                update={"credentials_file": file}
+            )
+        return self.model_copy(update=update) if update else self
+
+    def filter_param(self) -> str | None:
+        """The ``filters`` query parameter (JSON ``{name: [values]}``), or None."""
+        return encode_filters({f.name: f.values for f in self.filters})
+
+
+def encode_filters(filters: Mapping[str, list[str]]) -> str | None:
+    """Encode filters the way the Engine API wants them: ``{"name": {"value": true}}``."""
+    merged: dict[str, dict[str, bool]] = {}
+    for name, values in filters.items():
+        merged.setdefault(name, {}).update(dict.fromkeys(values, True))
+    if not merged:
+        return None
+    return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise BackendError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+class EngineClient:
+    """One engine connection pool; open lazily, close with :meth:`close`."""
+
+    def __init__(self, config: EngineConfig, *, timeout: float) -> None:
+        self.host = config.host
+        self._config = config
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._base = ""
+        self.api_version: str | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is not None and not self._session.closed:
+            return self._session
+        config = self._config
+        parts = urlsplit(config.host)
+        headers = {"User-Agent": USER_AGENT}
+        connector: aiohttp.BaseConnector
+        if parts.scheme == "unix":
+            connector = aiohttp.UnixConnector(path=parts.path)
+            # The host part is ignored on a socket; Docker's own client uses this name.
+            self._base = "http://docker"
+        else:
+            secure = parts.scheme == "https" or (
+                parts.scheme == "tcp" and config.tls_config is not None
+            )
+            context: ssl.SSLContext | bool = False
+            if config.tls_config is not None:
+                try:
+                    context = config.tls_config.context()
+                except (OSError, ssl.SSLError) as exc:
+                    raise BackendError(f"tls_config for {config.host}: {exc}") from exc
+            elif secure:
+                context = ssl.create_default_context()
+            connector = aiohttp.TCPConnector(ssl=context if secure else False)
+            netloc = parts.netloc.rsplit("@", 1)[-1]
+            self._base = f"{'https' if secure else 'http'}://{netloc}"
+            headers.update(self._auth_headers())
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+        )
+        return self._session
+
+    def _auth_headers(self) -> dict[str, str]:
+        config = self._config
+        if config.basic_auth is not None:
+            auth = config.basic_auth
+            if auth.password_file is not None:
+                password = _read_secret(auth.password_file, "basic_auth.password_file")
+            else:
+                password = auth.password.get_secret_value() if auth.password else ""
+            return {"Authorization": aiohttp.BasicAuth(auth.username, password).encode()}
+        if config.authorization is not None:
+            authz = config.authorization
+            if authz.credentials_file is not None:
+                secret = _read_secret(authz.credentials_file, "authorization.credentials_file")
+            else:
+                secret = authz.credentials.get_secret_value() if authz.credentials else ""
+            return {"Authorization": f"{authz.type} {secret}"}
+        return {}
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _describe(self, exc: BaseException) -> str:
+        """A connection failure, in words that say what to check."""
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, FileNotFoundError):
+                return "the socket does not exist (is dockerd running? is host right?)"
+            if isinstance(cause, PermissionError):
+                return (
+                    "permission denied on the socket (run sdbridge as a user in the docker "
+                    "group, or as root)"
+                )
+            if isinstance(cause, ConnectionRefusedError):
+                return "connection refused (is dockerd running?)"
+            cause = cause.__cause__ or getattr(cause, "os_error", None)
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self._timeout:g}s"
+        return str(exc) or type(exc).__name__
+
+    async def _request(
+        self, path: str, params: Mapping[str, str] | None, *, versioned: bool, stream: bool
+    ) -> aiohttp.ClientResponse:
+        session = self._open()
+        prefix = f"/v{self.api_version}" if versioned and self.api_version else ""
+        timeout = aiohttp.ClientTimeout(
+            total=None if stream else self._timeout, sock_connect=self._timeout
+        )
+        try:
+            response = await session.get(
+                f"{self._base}{prefix}{path}", params=params, timeout=timeout
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # The engine may come back as another version: negotiate again next time.
+            self.api_version = None
+            raise BackendError(
+                f"cannot reach Docker Engine at {self.host}: {self._describe(exc)}"
+            ) from exc
+        if response.status >= 400:
+            body = await response.read()
+            response.release()
+            raise BackendError(
+                f"Docker Engine at {self.host} answered GET {path} with HTTP "
+                f"{response.status}: {_error_message(body)}{_hint(response.status, path)}"
+            )
+        return response
+
+    async def negotiate(self) -> str:
+        """The negotiated API version (asking the engine once per connection)."""
+        if self.api_version is None:
+            version = await self._get_json("/version", None, versioned=False)
+            if not isinstance(version, dict):
+                raise BackendError(f"Docker Engine at {self.host}: GET /version is not an object")
+            self.api_version = negotiate_api_version(self.host, version)
+        return self.api_version
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET a versioned API path and decode its JSON."""
+        await self.negotiate()
+        return await self._get_json(path, params, versioned=True)
+
+    async def _get_json(
+        self, path: str, params: Mapping[str, str] | None, *, versioned: bool
+    ) -> Any:
+        response = await self._request(path, params, versioned=versioned, stream=False)
+        try:
+            body = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise BackendError(
+                f"Docker Engine at {self.host}: reading GET {path} failed: {self._describe(exc)}"
+            ) from exc
+        finally:
+            response.release()
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BackendError(
+                f"Docker Engine at {self.host}: GET {path} did not return JSON: {exc}"
+            ) from exc
+
+    async def events(
+        self, types: list[str], on_connect: Callable[[], None] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Follow ``GET /events`` for the given object types; ends when the stream drops.
+
+        ``on_connect`` is called once the engine has accepted the stream.
+        """
+        await self.negotiate()
+        params = {"filters": encode_filters({"type": types}) or ""}
+        response = await self._request("/events", params, versioned=True, stream=True)
+        try:
+            if on_connect is not None:
+                on_connect()
+            while True:
+                try:
+                    line = await response.content.readline()
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise BackendError(
+                        f"Docker Engine at {self.host}: event stream broke: {self._describe(exc)}"
+                    ) from exc
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    event = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a torn line is only a hint lost; the next refresh corrects it
+                if isinstance(event, dict):
+                    yield event
+        finally:
+            response.close()
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace").strip()[:500] or "(empty body)"
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return str(data["message"])
+    return body.decode("utf-8", "replace").strip()[:500]
+
+
+def _hint(status: int, path: str) -> str:
+    if status == 400:
+        return " (check the filters in the config)"
+    if status == 503 and path in ("/services", "/tasks", "/nodes"):
+        return " (dockerswarm_sd needs a swarm manager: run it against a manager node)"
+    return ""
+
+
+# --- helpers shared by the mechanisms ---------------------------------------------------
+
+
+def dig(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...``, or None as soon as a level is missing or not an object."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, bracketing an IPv6 host (Go's net.JoinHostPort)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def network_labels(networks: list[Any], prefix: str) -> dict[str, dict[str, str]]:
+    """Labels of every network by ID (Prometheus's moby/network.go getNetworksLabels)."""
+    labels: dict[str, dict[str, str]] = {}
+    for network in networks:
+        if not isinstance(network, dict):
+            continue
+        # The Engine spells it "Id" here (Go's JSON decoding ignores case; ours does not).
+        nid = str(network.get("Id") or network.get("ID") or "")
+        entry = {
+            prefix + "network_id": nid,
+            prefix + "network_name": str(network.get("Name") or ""),
+            prefix + "network_scope": str(network.get("Scope") or ""),
+            prefix + "network_internal": "true" if network.get("Internal") is True else "false",
+            prefix + "network_ingress": "true" if network.get("Ingress") is True else "false",
+        }
+        own = network.get("Labels")
+        if isinstance(own, dict):
+            for key, value in own.items():
+                entry[prefix + "network_label_" + sanitize_label_name(str(key))] = str(value)
+        labels[nid] = entry
+    return labels
+
+
+# Container event actions that change nothing a target shows.
+_IGNORED_ACTIONS = (
+    "exec_",
+    "health_status",
+    "top",
+    "attach",
+    "resize",
+    "export",
+    "commit",
+    "copy",
+    "archive-path",
+    "extract-to-dir",
+    "detach",
+)
+DEBOUNCE = 0.1
+
+
+EC = TypeVar("EC", bound="EngineConfig")
+
+
+class EngineWatcher(RefreshDiscoverer[EC]):
+    """A Docker mechanism: refreshes on its interval and on relevant ``/events``.
+
+    Subclasses implement :meth:`list_groups` (the full set, or raise) and
+    :meth:`event_types`. If the event stream drops, a full refresh follows its
+    reconnection, since events may have been missed in between. While ``settling`` is
+    true (objects are still converging) it also refreshes every second.
+    """
+
+    settle_interval: ClassVar[float] = 1.0
+    # Settling refreshes stop this long after the last event: a task that cannot be
+    # placed stays "pending" forever and must not keep sdbridge polling every second.
+    settle_window: ClassVar[float] = 30.0
+
+    def __init__(self, config: EC, context: DiscoveryContext) -> None:
+        super().__init__(config, context)
+        self.client = EngineClient(config, timeout=min(config.refresh_interval, 30.0))
+        self.settling = False
+        self._pending: asyncio.TimerHandle | None = None
+        self._last_event = 0.0
+
+    async def list_groups(self, client: EngineClient) -> list[TargetGroup]:
+        """The full current set of target groups."""
+        raise NotImplementedError
+
+    def event_types(self) -> list[str]:
+        """The engine event types that can change the targets."""
+        raise NotImplementedError
+
+    async def refresh(self) -> list[TargetGroup]:
+        """List everything from the engine (see :meth:`list_groups`)."""
+        return await self.list_groups(self.client)
+
+    async def run(self, send: Send) -> None:
+        """Refresh and follow events until cancelled; close the connections after."""
+        try:
+            await super().run(send)
+        finally:
+            if self._pending is not None:
+                self._pending.cancel()
+            await self.client.close()
+
+    async def watch(self) -> None:
+        """Follow engine events (if enabled) and refresh while objects converge."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._settle_loop())
+            if self.config.watch_events:
+                tasks.create_task(self._follow_events())
+
+    async def _settle_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settle_interval)
+            if self.settling and loop.time() - self._last_event < self.settle_window:
+                self.request_refresh()
+
+    def _schedule(self) -> None:
+        """Refresh soon; a burst of events within DEBOUNCE makes one refresh."""
+        self._last_event = asyncio.get_running_loop().time()
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(DEBOUNCE, self._fire)
+
+    def _fire(self) -> None:
+        self._pending = None
+        self.request_refresh()
+
+    async def _follow_events(self) -> None:
+        backoff = Backoff(0.5, 30.0)
+        lost: str | None = None
+        while True:
+            connected = False
+
+            def on_connect() -> None:
+                nonlocal connected, lost
+                connected = True
+                backoff.reset()
+                if lost is not None:
+                    self.log.info("event stream of %s restored; resyncing", self.client.host)
+                    lost = None
+                # Events may have been missed before (or while) subscribing: resync.
+                self._schedule()
+
+            try:
+                async for event in self.client.events(self.event_types(), on_connect):
+                    if _relevant(event):
+                        self._schedule()
+                reason = "the engine closed the event stream"
+            except BackendError as exc:
+                reason = str(exc)
+            if connected:
+                self._schedule()  # a full resync, in case the stream ended on a change
+            if lost is None:
+                self.log.warning("lost the event stream of %s: %s", self.client.host, reason)
+                lost = reason
+            await asyncio.sleep(backoff.next_delay())
+
+
+def _relevant(event: Mapping[str, Any]) -> bool:
+    action = str(event.get("Action") or event.get("status") or "")
+    return event.get("Type") != "container" or not action.startswith(_IGNORED_ACTIONS)
