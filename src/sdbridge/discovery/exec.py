@@ -71,6 +71,7 @@ class ExecDiscoverer(RefreshDiscoverer[ExecSDConfig]):
         """Run the command once and parse its output."""
         cfg = self.config
         shown = shlex.join(cfg.command)
+        self.context.count_request()  # the command is this mechanism's backend
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cfg.command,
