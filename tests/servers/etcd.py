@@ -1,0 +1,279 @@
+"""A real etcd (Debian's ``etcd-server`` 3.4) for tests and benchmarks, and framework writers.
+
+:class:`EtcdServer` runs a single member on 127.0.0.1 with free client and peer ports and a
+temporary data directory; it can be stopped and started again on the same ports and data
+(the restart fault test). Its small client speaks the v3 JSON gateway with urllib, so tests
+can write keys while the code under test runs on the event loop.
+
+The ``*_instance`` functions write keys and values byte for byte as each framework does;
+each links to the framework code that defines its layout. Go's ``encoding/json`` writes
+struct fields in declaration order, map keys sorted, no spaces, and escapes ``<``, ``>``
+and ``&``: :func:`go_json` does the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .common import ManagedProcess, free_port, http_ok, require_binary, wait_until
+
+
+def _b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode()
+
+
+class EtcdServer:
+    """One etcd member; ``stop()`` and ``start()`` keep its ports and data."""
+
+    def __init__(self, workdir: Path, *, extra_args: Sequence[str] = ()) -> None:
+        self.workdir = workdir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        while self.peer_port == self.client_port:
+            self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.extra_args = list(extra_args)
+        self.process: ManagedProcess | None = None
+        self.start()
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start etcd and wait until it reports healthy."""
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.process = ManagedProcess(
+            [
+                require_binary("etcd"),
+                "--name=sdbridge-test",
+                f"--data-dir={self.workdir / 'data'}",
+                f"--listen-client-urls={self.url}",
+                f"--advertise-client-urls={self.url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=sdbridge-test={peer}",
+                # Short enough that a test sees progress notifications.
+                "--experimental-watch-progress-notify-interval=1s",
+                *self.extra_args,
+            ],
+            log_path=self.workdir / "etcd.log",
+        )
+        wait_until(lambda: http_ok(f"{self.url}/health"), timeout=timeout, what="etcd healthy")
+
+    def stop(self) -> None:
+        """Stop etcd (SIGTERM, then SIGKILL)."""
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports and data directory."""
+        self.stop()
+        self.start()
+
+    # --- the v3 JSON gateway ---------------------------------------------------------
+
+    def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to a gateway path and return the decoded answer."""
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer: dict[str, Any] = json.load(response)
+        return answer
+
+    def put(self, key: str | bytes, value: str | bytes, *, lease: int = 0) -> int:
+        """Put one key; return the new revision."""
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = lease
+        return int(self.call("/v3/kv/put", body)["header"]["revision"])
+
+    def put_many(self, items: Sequence[tuple[str, str | bytes]], *, batch: int = 128) -> int:
+        """Put many keys in transactions of ``batch`` (etcd's default --max-txn-ops)."""
+        revision = 0
+        for start in range(0, len(items), batch):
+            ops = [
+                {"request_put": {"key": _b64(k), "value": _b64(v)}}
+                for k, v in items[start : start + batch]
+            ]
+            answer = self.call("/v3/kv/txn", {"success": ops})
+            revision = int(answer["header"]["revision"])
+        return revision
+
+    def delete(self, key: str | bytes, *, prefix: bool = False) -> int:
+        """Delete one key (or every key under it); return the new revision."""
+        raw = key.encode() if isinstance(key, str) else key
+        body = {"key": _b64(raw)}
+        if prefix:
+            body["range_end"] = _b64(raw[:-1] + bytes([raw[-1] + 1]))
+        return int(self.call("/v3/kv/deleterange", body)["header"]["revision"])
+
+    def grant(self, ttl: int) -> int:
+        """Grant a lease; return its ID."""
+        return int(self.call("/v3/lease/grant", {"TTL": ttl})["ID"])
+
+    def revoke(self, lease: int) -> None:
+        """Revoke a lease, deleting its keys."""
+        self.call("/v3/lease/revoke", {"ID": lease})
+
+    def revision(self) -> int:
+        """The current revision."""
+        return int(self.call("/v3/kv/range", {"key": _b64("\0")})["header"]["revision"])
+
+    def compact(self, revision: int | None = None) -> int:
+        """Compact the history up to ``revision`` (default: the current one)."""
+        revision = revision if revision is not None else self.revision()
+        self.call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+
+def etcd_server(*, extra_args: Sequence[str] = ()) -> Iterator[EtcdServer]:
+    """An etcd in a temporary directory, removed with its data afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="sdbridge-etcd-"))
+    server = EtcdServer(workdir, extra_args=extra_args)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[EtcdServer]:
+    """One etcd shared by the session; tests isolate themselves with unique prefixes."""
+    yield from etcd_server()
+
+
+@pytest.fixture
+def etcd_private() -> Iterator[EtcdServer]:
+    """An etcd of the test's own, for faults (restarts) that would disturb other tests."""
+    yield from etcd_server()
+
+
+# --- framework writers -----------------------------------------------------------------
+
+
+def go_json(value: object) -> str:
+    """JSON as Go's encoding/json.Marshal writes it (field order is the caller's dict order)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _go_map(values: Mapping[str, str] | None) -> dict[str, str] | None:
+    return None if values is None else dict(sorted(values.items()))
+
+
+def naming_endpoint(
+    target: str, suffix: str, addr: str, metadata: object = None
+) -> tuple[str, str]:
+    """etcd's gRPC naming: endpoints.Manager.AddEndpoint(target+"/"+suffix, Endpoint{...}).
+
+    The value is internal.Update{Op, Addr, Metadata}:
+    https://github.com/etcd-io/etcd/blob/main/client/v3/naming/endpoints/internal/update.go
+    written by endpointManager.Update with json.Marshal:
+    https://github.com/etcd-io/etcd/blob/main/client/v3/naming/endpoints/endpoints_impl.go
+    """
+    return f"{target}/{suffix}", go_json({"Op": 0, "Addr": addr, "Metadata": metadata})
+
+
+def kratos_instance(
+    name: str,
+    instance_id: str,
+    endpoints: Sequence[str],
+    *,
+    version: str = "",
+    metadata: Mapping[str, str] | None = None,
+    namespace: str = "/microservices",
+) -> tuple[str, str]:
+    """Kratos etcd registry: key ``<namespace>/<name>/<id>``, value json.Marshal(ServiceInstance).
+
+    https://github.com/go-kratos/kratos/blob/main/contrib/registry/etcd/registry.go (registerKey)
+    https://github.com/go-kratos/kratos/blob/main/registry/registry.go (ServiceInstance)
+    """
+    value = {
+        "id": instance_id,
+        "name": name,
+        "version": version,
+        "metadata": _go_map(metadata),
+        "endpoints": list(endpoints),
+    }
+    return f"{namespace}/{name}/{instance_id}", go_json(value)
+
+
+def go_zero_instance(key: str, lease_id: int, address: str) -> tuple[str, str]:
+    """go-zero discov.Publisher: ``<key>/<lease id>`` (makeEtcdKey, %d) holding the address.
+
+    https://github.com/zeromicro/go-zero/blob/master/core/discov/publisher.go (register)
+    https://github.com/zeromicro/go-zero/blob/master/core/discov/clients.go (makeEtcdKey)
+    """
+    return f"{key}/{lease_id}", address
+
+
+def go_micro_instance(
+    name: str,
+    node_id: str,
+    address: str,
+    *,
+    version: str = "latest",
+    metadata: Mapping[str, str] | None = None,
+    node_metadata: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """go-micro etcd registry: nodePath(service, node id) holding encode(Service with one node).
+
+    https://github.com/micro/go-micro/blob/master/registry/etcd/etcd.go (nodePath, encode)
+    https://github.com/micro/go-micro/blob/master/registry/registry.go (Service, Node, Endpoint)
+    """
+    endpoint = {
+        "request": {"name": "Request", "type": "Request", "values": None},
+        "response": {"name": "Response", "type": "Response", "values": None},
+        "metadata": {"endpoint": "Greeter.Hello", "handler": "rpc", "method": "POST"},
+        "name": "Greeter.Hello",
+    }
+    service = {
+        "name": name,
+        "version": version,
+        "metadata": _go_map(metadata),
+        "endpoints": [endpoint],
+        "nodes": [{"metadata": _go_map(node_metadata), "id": node_id, "address": address}],
+    }
+    key = "/micro/registry/" + name.replace("/", "-") + "/" + node_id.replace("/", "-")
+    return key, go_json(service)
+
+
+def coredns_record(
+    domain: str,
+    host: str,
+    port: int = 0,
+    *,
+    priority: int = 0,
+    weight: int = 0,
+    text: str = "",
+    ttl: int = 0,
+    group: str = "",
+    path: str = "skydns",
+) -> tuple[str, str]:
+    """CoreDNS etcd plugin: msg.Path(domain) holding msg.Service (every field omitempty).
+
+    https://github.com/coredns/coredns/blob/master/plugin/etcd/msg/path.go (Path)
+    https://github.com/coredns/coredns/blob/master/plugin/etcd/msg/service.go (Service)
+    """
+    labels = [label for label in domain.rstrip(".").split(".") if label]
+    key = "/" + path + "/" + "/".join(reversed(labels))
+    fields: list[tuple[str, object]] = [
+        ("host", host),
+        ("port", port),
+        ("priority", priority),
+        ("weight", weight),
+        ("text", text),
+        ("ttl", ttl),
+        ("group", group),
+    ]
+    return key, go_json({name: value for name, value in fields if value})
