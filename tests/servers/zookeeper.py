@@ -61,7 +61,7 @@ class ZooKeeperServer:
                     "minSessionTimeout=1000",
                     "maxSessionTimeout=60000",
                     "admin.enableServer=false",
-                    "4lw.commands.whitelist=ruok,srvr,mntr,cons",
+                    "4lw.commands.whitelist=ruok,srvr,mntr,cons,wchs",
                     "maxClientCnxns=0",
                     "snapCount=100000",
                     "",

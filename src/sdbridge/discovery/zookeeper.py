@@ -55,7 +55,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from ..durations import Duration
 from ..errors import BackendError, InvalidTargetError, SdbridgeError
-from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, sanitize_label_name
+from ..model import (
+    ADDRESS_LABEL,
+    LabelSet,
+    TargetGroup,
+    is_valid_address,
+    sanitize_label_name,
+)
 from . import register
 from .base import (
     Backoff,
@@ -736,6 +742,9 @@ class _Tree:
         try:
             labels = self.shape.parse(path, node.depth, node.data)
             if labels is not None:
+                address = labels[ADDRESS_LABEL]
+                if not is_valid_address(address):
+                    raise InvalidTargetError(f"address {address!r} is not a valid host:port")
                 node.group = TargetGroup(source=path, targets=(labels,))
         except InvalidTargetError as exc:
             prefix = f"znode {path}: "
