@@ -1,0 +1,988 @@
+"""A Consul HTTP API double, built from Consul's documented API, for tests and benchmarks.
+
+Endpoints (developer.hashicorp.com/consul/api-docs): ``/v1/agent/self``,
+``/v1/catalog/services``, ``/v1/catalog/nodes``, ``/v1/health/service/<name>`` and
+``/v1/health/state/<state>``, with ``dc``, ``stale``, ``node-meta``, ``tag``, ``filter``
+(a subset of go-bexpr), ``ns``/``partition``, and blocking queries (``index``, ``wait``,
+``X-Consul-Index``; api-docs/features/blocking).
+
+Indexes follow Consul's state store: one raft index counter; ``catalog/services`` answers
+with the services table's index, ``catalog/nodes`` with the nodes table's,
+``health/state/*`` with the checks table's, and ``health/service/<name>`` with that
+service's own index, which moves when one of its instances, their nodes or their checks
+change (state/catalog.go ``updateAllServiceIndexesOfNode``). A blocking query returns as
+soon as its index passes ``index``, or after ``wait`` (capped at 10m, plus up to wait/16
+of jitter when ``jitter`` is on).
+
+Faults can be injected per path: an HTTP status (5xx, 403, 429), a delay, malformed
+JSON, a truncated body, a connection reset; ``rewind_index`` makes the index go
+backwards, as after a snapshot restore (which also wakes every blocking query).
+The double counts requests per endpoint and its open connections.
+
+It runs in a thread with its own event loop (``with ConsulDouble() as consul:``), or as
+a process (``python -m tests.doubles.consul_double --port N``) driven through
+``POST /_double/call`` with ``{"method": ..., "kwargs": {...}}`` and ``GET /_double/stats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+_MAX_WAIT = 600.0
+_DEFAULT_WAIT = 300.0
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """Parse a Go duration (``10s``, ``1m30s``, ``250ms``) into seconds; ValueError if bad."""
+    if text in ("0", ""):
+        return 0.0
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            raise ValueError(text)
+        total += float(match[1]) * _UNITS[match[2]]
+        position = match.end()
+    if position != len(text):
+        raise ValueError(text)
+    return total
+
+
+@dataclass
+class Fault:
+    """One injected fault: applies to requests whose path matches ``path``."""
+
+    kind: str  # status | delay | malformed | truncated | short | reset
+    path: str = ".*"
+    status: int = 500
+    body: str = "rpc error: injected fault"
+    delay: float = 0.0
+    count: int | None = None  # None: until cleared
+    hits: int = 0
+    pattern: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pattern = re.compile(self.path)
+
+
+# --- a small subset of go-bexpr, the filter language ---------------------------------------
+
+_TOKEN = re.compile(
+    r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<op>==|!=|\(|\))|(?P<word>[A-Za-z0-9_.\-/:]+))'
+)
+
+
+class FilterError(ValueError):
+    """The filter expression cannot be parsed."""
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out, position = [], 0
+    text = text.strip()
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            raise FilterError(f"unexpected input at {text[position:]!r}")
+        kind = match.lastgroup or ""
+        value = match[kind]
+        if kind == "str":
+            value = json.loads(value) if value.startswith('"') else value[1:-1]
+        out.append((kind, value))
+        position = match.end()
+        while position < len(text) and text[position].isspace():
+            position += 1
+    return out
+
+
+def compile_filter(text: str) -> Callable[[dict[str, Any]], bool]:
+    """Compile a bexpr subset: ``==``, ``!=``, ``in``, ``not in``, ``contains``,
+    ``is empty``, ``is not empty``, ``and``, ``or``, ``not`` and parentheses."""
+    tokens = _tokens(text)
+    position = 0
+
+    def peek() -> tuple[str, str] | None:
+        return tokens[position] if position < len(tokens) else None
+
+    def take() -> tuple[str, str]:
+        nonlocal position
+        if position >= len(tokens):
+            raise FilterError("unexpected end of filter")
+        position += 1
+        return tokens[position - 1]
+
+    def word(value: str) -> bool:
+        token = peek()
+        return token is not None and token[0] == "word" and token[1] == value
+
+    def expr_or() -> Callable[[dict[str, Any]], bool]:
+        left = expr_and()
+        while word("or"):
+            take()
+            right = expr_and()
+            left = (lambda a, b: lambda d: a(d) or b(d))(left, right)
+        return left
+
+    def expr_and() -> Callable[[dict[str, Any]], bool]:
+        left = expr_not()
+        while word("and"):
+            take()
+            right = expr_not()
+            left = (lambda a, b: lambda d: a(d) and b(d))(left, right)
+        return left
+
+    def expr_not() -> Callable[[dict[str, Any]], bool]:
+        if word("not"):
+            take()
+            inner = expr_not()
+            return lambda d: not inner(d)
+        token = peek()
+        if token == ("op", "("):
+            take()
+            inner = expr_or()
+            if take() != ("op", ")"):
+                raise FilterError("missing )")
+            return inner
+        return match_expr()
+
+    def match_expr() -> Callable[[dict[str, Any]], bool]:
+        first = take()
+        if first[0] == "str":  # "value" in Selector / "value" not in Selector
+            negate = False
+            if word("not"):
+                take()
+                negate = True
+            if take() != ("word", "in"):
+                raise FilterError("expected 'in'")
+            selector = take()[1]
+            value = first[1]
+            return lambda d: _contains(_select(d, selector), value) != negate
+        selector = first[1]
+        op = take()
+        if op == ("op", "=="):
+            value = take()[1]
+            return lambda d: _as_text(_select(d, selector)) == value
+        if op == ("op", "!="):
+            value = take()[1]
+            return lambda d: _as_text(_select(d, selector)) != value
+        if op == ("word", "contains"):
+            value = take()[1]
+            return lambda d: _contains(_select(d, selector), value)
+        if op == ("word", "not") and word("contains"):
+            take()
+            value = take()[1]
+            return lambda d: not _contains(_select(d, selector), value)
+        if op == ("word", "is"):
+            negate = False
+            if word("not"):
+                take()
+                negate = True
+            if take() != ("word", "empty"):
+                raise FilterError("expected 'empty'")
+            return lambda d: (not _select(d, selector)) != negate
+        raise FilterError(f"unexpected {op[1]!r}")
+
+    result = expr_or()
+    if position != len(tokens):
+        raise FilterError(f"unexpected {tokens[position][1]!r}")
+    return result
+
+
+def _select(data: Any, selector: str) -> Any:
+    for part in selector.split("."):
+        if isinstance(data, dict):
+            data = data.get(part)
+        else:
+            return None
+    return data
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _contains(container: Any, value: str) -> bool:
+    if isinstance(container, dict):
+        return value in container
+    if isinstance(container, list):
+        return value in container
+    if isinstance(container, str):
+        return value in container
+    return False
+
+
+# --- the double ----------------------------------------------------------------------------
+
+
+class ConsulDouble:
+    """An in-memory Consul catalog served over HTTP on 127.0.0.1."""
+
+    def __init__(
+        self,
+        *,
+        datacenter: str = "dc1",
+        port: int = 0,
+        acl_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        jitter: bool = False,
+    ) -> None:
+        self.datacenter = datacenter
+        self.port = port
+        self.acl_token = acl_token
+        self.basic_auth = basic_auth
+        self.jitter = jitter
+        self._lock = threading.RLock()
+        self._index = 1
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._services: dict[tuple[str, str], dict[str, Any]] = {}
+        self._checks: dict[tuple[str, str], dict[str, Any]] = {}
+        self._table_index = {"services": 1, "nodes": 1, "checks": 1}
+        self._service_index: dict[str, int] = {}
+        self._faults: list[Fault] = []
+        self.requests: Counter[str] = Counter()
+        self.blocking_requests: Counter[str] = Counter()
+        self.waiting = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8500``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:<port>``, for a ``server:`` option."""
+        return f"127.0.0.1:{self.port}"
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application serving the API."""
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/v1/agent/self", self._agent_self)
+        app.router.add_get("/v1/catalog/services", self._catalog_services)
+        app.router.add_get("/v1/catalog/nodes", self._catalog_nodes)
+        app.router.add_get("/v1/health/service/{name}", self._health_service)
+        app.router.add_get("/v1/health/state/{state}", self._health_state)
+        app.router.add_post("/_double/call", self._control_call)
+        app.router.add_get("/_double/stats", self._control_stats)
+        return app
+
+    async def start_async(self) -> None:
+        """Start serving in the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        # Thousands of long-polls open at once: a small backlog would stall clients in SYN retries.
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=4096, reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if self.port == 0 and server is not None and server.sockets:
+            self.port = int(server.sockets[0].getsockname()[1])
+
+    async def stop_async(self) -> None:
+        """Stop serving; wakes every blocking query first."""
+        if self._stopped is not None:
+            self._stopped.set()
+        self._notify()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def start(self) -> ConsulDouble:
+        """Serve from a background thread with its own event loop."""
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start_async())
+            except BaseException as exc:
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop_async())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="consul-double", daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop the background thread."""
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+            self._thread = None
+
+    def __enter__(self) -> ConsulDouble:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # --- stats -------------------------------------------------------------------------
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections currently open to the double."""
+        runner = self._runner
+        server = runner.server if runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    def stats(self) -> dict[str, Any]:
+        """Requests per endpoint, blocking ones, open connections and waiting long-polls."""
+        with self._lock:
+            return {
+                "requests": dict(self.requests),
+                "blocking_requests": dict(self.blocking_requests),
+                "total_requests": sum(self.requests.values()),
+                "open_connections": self.open_connections,
+                "waiting": self.waiting,
+                "index": self._index,
+            }
+
+    def reset_counters(self) -> None:
+        """Zero the request counters."""
+        with self._lock:
+            self.requests.clear()
+            self.blocking_requests.clear()
+
+    # --- mutations (thread-safe) -------------------------------------------------------
+
+    def _bump(self, *tables: str, services: Iterable[str] = ()) -> int:
+        self._index += 1
+        for table in tables:
+            self._table_index[table] = self._index
+        for name in services:
+            self._service_index[name] = self._index
+        return self._index
+
+    def _notify(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def wake() -> None:
+            if self._changed is not None:
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake)
+
+    def _services_of_node(self, node: str) -> set[str]:
+        return {s["Service"] for (n, _), s in self._services.items() if n == node}
+
+    def register_node(
+        self,
+        node: str,
+        address: str,
+        *,
+        meta: dict[str, str] | None = None,
+        tagged_addresses: dict[str, str] | None = None,
+        node_id: str | None = None,
+    ) -> int:
+        """Register or update a node (catalog/register); returns the new index."""
+        with self._lock:
+            existing = self._nodes.get(node)
+            index = self._bump("nodes", services=self._services_of_node(node))
+            self._nodes[node] = {
+                "ID": node_id or (existing or {}).get("ID") or _uuid(node),
+                "Node": node,
+                "Address": address,
+                "Datacenter": self.datacenter,
+                "TaggedAddresses": dict(tagged_addresses or {}),
+                "Meta": dict(meta or {}),
+                "CreateIndex": existing["CreateIndex"] if existing else index,
+                "ModifyIndex": index,
+            }
+        self._notify()
+        return index
+
+    def register_service(
+        self,
+        node: str,
+        name: str,
+        port: Any,
+        *,
+        service_id: str | None = None,
+        address: str = "",
+        tags: list[str] | None = None,
+        meta: dict[str, str] | None = None,
+        namespace: str | None = None,
+        partition: str | None = None,
+    ) -> int:
+        """Register or update a service instance on an existing node."""
+        service_id = service_id or name
+        with self._lock:
+            if node not in self._nodes:
+                raise KeyError(f"unknown node {node!r}")
+            key = (node, service_id)
+            existing = self._services.get(key)
+            touched = {name} | ({existing["Service"]} if existing else set())
+            index = self._bump("services", services=touched)
+            entry: dict[str, Any] = {
+                "ID": service_id,
+                "Service": name,
+                "Tags": list(tags or []),
+                "Address": address,
+                "TaggedAddresses": {},
+                "Meta": dict(meta or {}),
+                "Port": port,
+                "Weights": {"Passing": 1, "Warning": 1},
+                "EnableTagOverride": False,
+                "CreateIndex": existing["CreateIndex"] if existing else index,
+                "ModifyIndex": index,
+            }
+            if namespace is not None:
+                entry["Namespace"] = namespace
+            if partition is not None:
+                entry["Partition"] = partition
+            self._services[key] = entry
+        self._notify()
+        return index
+
+    def register_check(
+        self,
+        node: str,
+        check_id: str,
+        status: str = "passing",
+        *,
+        service_id: str = "",
+        name: str | None = None,
+    ) -> int:
+        """Register or update a check; ``service_id`` empty makes it node-level."""
+        with self._lock:
+            service_name = ""
+            if service_id:
+                service = self._services.get((node, service_id))
+                if service is None:
+                    raise KeyError(f"unknown service {service_id!r} on {node!r}")
+                service_name = service["Service"]
+            touched = {service_name} if service_name else self._services_of_node(node)
+            existing = self._checks.get((node, check_id))
+            index = self._bump("checks", services=touched)
+            self._checks[(node, check_id)] = {
+                "Node": node,
+                "CheckID": check_id,
+                "Name": name or check_id,
+                "Status": status,
+                "Notes": "",
+                "Output": "",
+                "ServiceID": service_id,
+                "ServiceName": service_name,
+                "ServiceTags": list(self._services[(node, service_id)]["Tags"])
+                if service_id
+                else [],
+                "Type": "ttl",
+                "Definition": {},
+                "CreateIndex": existing["CreateIndex"] if existing else index,
+                "ModifyIndex": index,
+            }
+        self._notify()
+        return index
+
+    def set_check_status(self, node: str, check_id: str, status: str) -> int:
+        """Change a check's status (e.g. a TTL check failing)."""
+        with self._lock:
+            check = self._checks[(node, check_id)]
+            service_id, name = check["ServiceID"], check["Name"]
+        return self.register_check(node, check_id, status, service_id=service_id, name=name)
+
+    def deregister_check(self, node: str, check_id: str) -> int:
+        """Remove a check."""
+        with self._lock:
+            check = self._checks.pop((node, check_id))
+            name = check["ServiceName"]
+            touched = {name} if name else self._services_of_node(node)
+            index = self._bump("checks", services=touched)
+        self._notify()
+        return index
+
+    def deregister_service(self, node: str, service_id: str) -> int:
+        """Remove a service instance and its checks."""
+        with self._lock:
+            service = self._services.pop((node, service_id))
+            tables = ["services"]
+            for key in [k for k, c in self._checks.items() if k[0] == node]:
+                if self._checks[key]["ServiceID"] == service_id:
+                    del self._checks[key]
+                    tables.append("checks")
+            index = self._bump(*set(tables), services={service["Service"]})
+        self._notify()
+        return index
+
+    def deregister_node(self, node: str) -> int:
+        """Remove a node with its services and checks."""
+        with self._lock:
+            touched = self._services_of_node(node)
+            self._nodes.pop(node)
+            for key in [k for k in self._services if k[0] == node]:
+                del self._services[key]
+            for key in [k for k in self._checks if k[0] == node]:
+                del self._checks[key]
+            index = self._bump("nodes", "services", "checks", services=touched)
+        self._notify()
+        return index
+
+    def clear(self) -> int:
+        """Remove everything (indexes keep growing)."""
+        with self._lock:
+            touched = {s["Service"] for s in self._services.values()}
+            self._nodes.clear()
+            self._services.clear()
+            self._checks.clear()
+            index = self._bump("nodes", "services", "checks", services=touched)
+        self._notify()
+        return index
+
+    def load(self, dataset: list[dict[str, Any]]) -> int:
+        """Replace the catalog with ``dataset``: a list of nodes, each
+        ``{"node", "address", "meta", "tagged_addresses", "checks": [{"id","status"}],
+        "services": [{"name","id","port","address","tags","meta","namespace","partition",
+        "checks": [{"id","status"}]}]}``."""
+        with self._lock:
+            self.clear()
+            for node in dataset:
+                self.register_node(
+                    node["node"],
+                    node["address"],
+                    meta=node.get("meta"),
+                    tagged_addresses=node.get("tagged_addresses"),
+                )
+                for check in node.get("checks", []):
+                    self.register_check(node["node"], check["id"], check.get("status", "passing"))
+                for svc in node.get("services", []):
+                    service_id = svc.get("id") or svc["name"]
+                    self.register_service(
+                        node["node"],
+                        svc["name"],
+                        svc["port"],
+                        service_id=service_id,
+                        address=svc.get("address", ""),
+                        tags=svc.get("tags"),
+                        meta=svc.get("meta"),
+                        namespace=svc.get("namespace"),
+                        partition=svc.get("partition"),
+                    )
+                    for check in svc.get("checks", []):
+                        self.register_check(
+                            node["node"],
+                            check["id"],
+                            check.get("status", "passing"),
+                            service_id=service_id,
+                        )
+            return self._index
+
+    def rewind_index(self, to: int = 1) -> int:
+        """Make every index go backwards, as after a snapshot restore; wakes every query."""
+        with self._lock:
+            self._index = to
+            for table in self._table_index:
+                self._table_index[table] = to
+            for name in self._service_index:
+                self._service_index[name] = to
+            for row in [*self._nodes.values(), *self._services.values(), *self._checks.values()]:
+                row["ModifyIndex"] = min(row["ModifyIndex"], to)
+                row["CreateIndex"] = min(row["CreateIndex"], to)
+        self._notify()
+        return to
+
+    # --- faults ------------------------------------------------------------------------
+
+    def add_fault(self, kind: str, path: str = ".*", **options: Any) -> Fault:
+        """Inject a fault for requests whose path matches the regex ``path``."""
+        fault = Fault(kind, path, **options)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Remove every injected fault."""
+        with self._lock:
+            self._faults.clear()
+
+    def _fault_for(self, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.pattern.search(path):
+                    fault.hits += 1
+                    if fault.count is not None:
+                        fault.count -= 1
+                        if fault.count <= 0:
+                            self._faults.remove(fault)
+                    return fault
+        return None
+
+    # --- HTTP --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/_double/"):
+            return await handler(request)  # type: ignore[no-any-return]
+        endpoint = "/v1/health/service" if path.startswith("/v1/health/service/") else path
+        with self._lock:
+            self.requests[endpoint] += 1
+            if "index" in request.query:
+                self.blocking_requests[endpoint] += 1
+        fault = self._fault_for(path)
+        if fault is not None:
+            if fault.kind == "delay":
+                await asyncio.sleep(fault.delay)
+            elif fault.kind == "status":
+                return web.Response(status=fault.status, text=fault.body)
+            elif fault.kind == "reset":
+                _reset(request)
+                return web.Response(status=500)
+        denied = self._check_auth(request)
+        if denied is not None:
+            return denied
+        dc = request.query.get("dc")
+        if dc and dc != self.datacenter:
+            return web.Response(status=500, text="No path to datacenter")
+        response: web.StreamResponse = await handler(request)
+        if fault is not None and fault.kind in ("malformed", "truncated", "short"):
+            return await _damaged(request, response, fault.kind)
+        return response
+
+    def _check_auth(self, request: web.Request) -> web.Response | None:
+        if self.basic_auth is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            if request.headers.get("Authorization") != expected:
+                return web.Response(status=401, text="Unauthorized")
+        if self.acl_token is None:
+            return None
+        token = request.headers.get("X-Consul-Token") or request.query.get("token")
+        bearer = request.headers.get("Authorization", "")
+        if not token and bearer.startswith("Bearer "):
+            token = bearer[len("Bearer ") :]
+        if token == self.acl_token:
+            return None
+        if not token:
+            return web.Response(status=403, text="Permission denied")
+        return web.Response(status=403, text="ACL not found")
+
+    async def _blocking(self, request: web.Request, current: Callable[[], int]) -> int | None:
+        """Wait as Consul's blockingQuery does; return the index to answer with, or None
+        after writing a 400."""
+        raw_index = request.query.get("index")
+        if raw_index is None:
+            return current()
+        try:
+            min_index = int(raw_index)
+            wait = parse_go_duration(request.query.get("wait", ""))
+        except ValueError:
+            return None
+        if wait <= 0:
+            wait = _DEFAULT_WAIT
+        wait = min(wait, _MAX_WAIT)
+        if self.jitter:
+            wait += random.uniform(0, wait / 16)
+        deadline = time.monotonic() + wait
+        with self._lock:
+            self.waiting += 1
+        try:
+            while True:
+                changed = self._changed
+                index = current()
+                if index > min_index or min_index == 0:
+                    return index
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or changed is None or self._stopped_set():
+                    return index
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+                if self._rewound(min_index):
+                    return current()  # a restore wakes every query, with the lower index
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    def _stopped_set(self) -> bool:
+        return self._stopped is not None and self._stopped.is_set()
+
+    def _rewound(self, min_index: int) -> bool:
+        with self._lock:
+            return self._index < min_index
+
+    def _answer(self, data: Any, index: int) -> web.Response:
+        return web.Response(
+            body=json.dumps(data).encode(),
+            content_type="application/json",
+            headers={
+                "X-Consul-Index": str(index),
+                "X-Consul-KnownLeader": "true",
+                "X-Consul-LastContact": "0",
+            },
+        )
+
+    async def _agent_self(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "Config": {
+                    "Datacenter": self.datacenter,
+                    "NodeName": "consul-double",
+                    "Server": True,
+                    "Version": "1.15.0",
+                },
+                "Member": {"Name": "consul-double", "Addr": "127.0.0.1", "Port": 8301},
+            }
+        )
+
+    def _node_meta_filter(self, request: web.Request) -> Callable[[dict[str, Any]], bool]:
+        wanted = [v.split(":", 1) for v in request.query.getall("node-meta", [])]
+        return lambda node: all(
+            len(w) == 2 and node.get("Meta", {}).get(w[0]) == w[1] for w in wanted
+        )
+
+    def _filter(self, request: web.Request) -> Callable[[dict[str, Any]], bool] | web.Response:
+        text = request.query.get("filter")
+        if not text:
+            return lambda _: True
+        try:
+            return compile_filter(text)
+        except FilterError as exc:
+            return web.Response(
+                status=400, text=f"Failed to create boolean expression evaluator: {exc}"
+            )
+
+    def _namespace_ok(self, request: web.Request, service: dict[str, Any]) -> bool:
+        namespace = request.query.get("ns")
+        return not namespace or service.get("Namespace", "default") == namespace
+
+    async def _catalog_services(self, request: web.Request) -> web.Response:
+        index = await self._blocking(request, lambda: self._table_index["services"])
+        if index is None:
+            return web.Response(status=400, text="Invalid wait time or index")
+        bexpr = self._filter(request)
+        if isinstance(bexpr, web.Response):
+            return bexpr
+        node_ok = self._node_meta_filter(request)
+        result: dict[str, set[str]] = {}
+        with self._lock:
+            for (node_name, _), svc in self._services.items():
+                node = self._nodes[node_name]
+                if not node_ok(node) or not self._namespace_ok(request, svc):
+                    continue
+                # The catalog API filters over ServiceNode fields.
+                flat = {
+                    "Node": node["Node"],
+                    "Address": node["Address"],
+                    "Datacenter": node["Datacenter"],
+                    "TaggedAddresses": node["TaggedAddresses"],
+                    "NodeMeta": node["Meta"],
+                    "ServiceID": svc["ID"],
+                    "ServiceName": svc["Service"],
+                    "ServiceTags": svc["Tags"],
+                    "ServiceAddress": svc["Address"],
+                    "ServiceMeta": svc["Meta"],
+                    "ServicePort": svc["Port"],
+                }
+                if not bexpr(flat):
+                    continue
+                result.setdefault(svc["Service"], set()).update(svc["Tags"])
+            body = {name: sorted(tags) for name, tags in sorted(result.items())}
+        return self._answer(body, index)
+
+    async def _catalog_nodes(self, request: web.Request) -> web.Response:
+        index = await self._blocking(request, lambda: self._table_index["nodes"])
+        if index is None:
+            return web.Response(status=400, text="Invalid wait time or index")
+        node_ok = self._node_meta_filter(request)
+        with self._lock:
+            body = [dict(n) for _, n in sorted(self._nodes.items()) if node_ok(n)]
+        return self._answer(body, index)
+
+    async def _health_state(self, request: web.Request) -> web.Response:
+        state = request.match_info["state"]
+        if state not in ("any", "passing", "warning", "critical"):
+            return web.Response(status=400, text=f"Invalid check state '{state}'")
+        index = await self._blocking(request, lambda: self._table_index["checks"])
+        if index is None:
+            return web.Response(status=400, text="Invalid wait time or index")
+        node_ok = self._node_meta_filter(request)
+        with self._lock:
+            body = [
+                dict(c)
+                for key, c in sorted(self._checks.items())
+                if (state == "any" or c["Status"] == state) and node_ok(self._nodes[key[0]])
+            ]
+        return self._answer(body, index)
+
+    async def _health_service(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        def current() -> int:
+            with self._lock:
+                return self._service_index.get(name, self._table_index["services"])
+
+        index = await self._blocking(request, current)
+        if index is None:
+            return web.Response(status=400, text="Invalid wait time or index")
+        bexpr = self._filter(request)
+        if isinstance(bexpr, web.Response):
+            return bexpr
+        node_ok = self._node_meta_filter(request)
+        tags = request.query.getall("tag", [])
+        passing_only = "passing" in request.query
+        body = []
+        with self._lock:
+            for (node_name, service_id), svc in sorted(self._services.items()):
+                if svc["Service"] != name or not self._namespace_ok(request, svc):
+                    continue
+                node = self._nodes[node_name]
+                if not node_ok(node) or not all(t in svc["Tags"] for t in tags):
+                    continue
+                checks = [
+                    dict(c)
+                    for (n, _), c in sorted(self._checks.items())
+                    if n == node_name and c["ServiceID"] in ("", service_id)
+                ]
+                if passing_only and any(c["Status"] != "passing" for c in checks):
+                    continue
+                entry = {"Node": dict(node), "Service": dict(svc), "Checks": checks}
+                if bexpr(entry):
+                    body.append(entry)
+        return self._answer(body, index)
+
+    # --- control API (when run as a process) ---------------------------------------------
+
+    async def _control_call(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        method = payload["method"]
+        if method.startswith("_") or method in ("start", "stop", "start_async", "stop_async"):
+            return web.json_response({"error": f"not callable: {method}"}, status=400)
+        try:
+            result = getattr(self, method)(**payload.get("kwargs", {}))
+        except Exception as exc:
+            return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=400)
+        if isinstance(result, Fault):
+            result = {"kind": result.kind, "path": result.path}
+        return web.json_response({"result": result})
+
+    async def _control_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+
+def _uuid(seed: str) -> str:
+    digest = hashlib.md5(seed.encode(), usedforsecurity=False).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def _reset(request: web.Request) -> None:
+    """Close the connection with a TCP RST, as a crashed server or proxy does."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def _damaged(
+    request: web.Request, response: web.StreamResponse, kind: str
+) -> web.StreamResponse:
+    body = getattr(response, "body", b"") or b""
+    assert isinstance(body, bytes)
+    if kind == "malformed":
+        return web.Response(
+            body=b"{not json at all" + body[:20],
+            content_type="application/json",
+            headers={"X-Consul-Index": response.headers.get("X-Consul-Index", "1")},
+        )
+    if kind == "truncated":  # a complete HTTP answer whose JSON stops half-way
+        return web.Response(
+            body=body[: max(1, len(body) // 2)],
+            content_type="application/json",
+            headers={"X-Consul-Index": response.headers.get("X-Consul-Index", "1")},
+        )
+    # "short": announces the full length, sends half, then closes the connection.
+    stream = web.StreamResponse(
+        headers={
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+            "X-Consul-Index": response.headers.get("X-Consul-Index", "1"),
+        }
+    )
+    await stream.prepare(request)
+    await stream.write(body[: len(body) // 2])
+    _reset(request)
+    return stream
+
+
+@contextlib.contextmanager
+def running(**options: Any) -> Iterator[ConsulDouble]:
+    """A double serving from a background thread for the duration of a with-block."""
+    double = ConsulDouble(**options).start()
+    try:
+        yield double
+    finally:
+        double.stop()
+
+
+def main() -> None:
+    """Run the double as a process until killed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--datacenter", default="dc1")
+    parser.add_argument("--jitter", action="store_true")
+    args = parser.parse_args()
+    double = ConsulDouble(port=args.port, datacenter=args.datacenter, jitter=args.jitter)
+
+    async def serve() -> None:
+        await double.start_async()
+        print(f"consul double listening on {double.url}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
