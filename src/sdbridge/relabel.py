@@ -242,7 +242,9 @@ class RelabelConfig(BaseModel):
             )
         if action is Action.REPLACE and not _TARGET_TEMPLATE_RE.fullmatch(target):
             raise ValueError(f"{target!r} is invalid 'target_label' for {action} action")
-        if action in _EXACT_TARGET and not is_valid_label_name(target):
+        # 2.42 checks these against the template pattern too, so "$1" passes (and then
+        # names a label "$1"); 2.49+ requires a plain label name.
+        if action in _EXACT_TARGET and not _TARGET_TEMPLATE_RE.fullmatch(target):
             raise ValueError(f"{target!r} is invalid 'target_label' for {action} action")
         if action in _EXACT_TARGET and self.replacement != DEFAULT_REPLACEMENT:
             raise ValueError(f"'replacement' can not be set for {action} action")
