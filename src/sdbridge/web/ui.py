@@ -56,11 +56,12 @@ def _badge(state: str) -> str:
 
 
 def _page(title: str, body: str, daemon: Daemon) -> web.Response:
-    ready = daemon.ready
+    waiting = [name for name, job in daemon.jobs.items() if job.snapshot is None]
     readiness = (
-        '<span class="badge state-ok" id="readiness">ready</span>'
-        if ready
-        else '<span class="badge state-syncing" id="readiness">not ready</span>'
+        '<span class="badge state-syncing" id="readiness" '
+        f'title="waiting for the first sync of: {_e(", ".join(waiting))}">not ready</span>'
+        if waiting
+        else '<span class="badge state-ok" id="readiness">ready</span>'
     )
     text = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -201,7 +202,8 @@ def _targets_section(job: str, query: str, p: TargetPage, synced: bool) -> str:
             f'<td class="addr">{_e(labels["__address__"])}</td><td class="labels">{chips}</td></tr>'
         )
     table = (
-        '<table class="grid" id="targets"><thead><tr><th class="num">#</th><th>Address</th>'
+        '<table class="grid" id="targets"><thead><tr><th class="num idx">#</th>'
+        '<th class="addr-col">Address</th>'
         f"<th>Labels</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
     pager = _pager(job, query, p)
@@ -240,15 +242,17 @@ async def job_page(request: web.Request) -> web.Response:
         if guard["holding"]
         else ""
     )
-    outputs = "".join(f"<dd>file <code>{_e(o['path'])}</code></dd>" for o in s["outputs"])
+    outputs = "".join(
+        f"<div><dt>file</dt><dd><code>{_e(o['path'])}</code></dd></div>" for o in s["outputs"]
+    )
     facts = (
         '<dl class="facts">'
-        f"<dt>State</dt><dd>{_badge(s['state'])}</dd>"
-        f'<dt>Targets</dt><dd id="target-total">{s["targets"]:,}</dd>'
-        f"<dt>Last sync</dt><dd>{_ago(s['last_sync'], now)}</dd>"
-        f"<dt>Last publish</dt><dd>{_ago(s['last_publish'], now)}</dd>"
-        f'<dt>Outputs</dt><dd>http_sd <a href="/sd/{quote(name)}"><code>/sd/{_e(name)}</code></a>'
-        f"</dd>{outputs}</dl>"
+        f"<div><dt>State</dt><dd>{_badge(s['state'])}</dd></div>"
+        f'<div><dt>Targets</dt><dd id="target-total">{s["targets"]:,}</dd></div>'
+        f"<div><dt>Last sync</dt><dd>{_ago(s['last_sync'], now)}</dd></div>"
+        f"<div><dt>Last publish</dt><dd>{_ago(s['last_publish'], now)}</dd></div>"
+        f'<div><dt>http_sd</dt><dd><a href="/sd/{quote(name)}"><code>/sd/{_e(name)}</code></a>'
+        f"</dd></div>{outputs}</dl>"
     )
     body = (
         f'<p class="crumbs"><a href="/">Jobs</a> &rsaquo;</p><h1>{_e(name)}</h1>'
