@@ -333,6 +333,11 @@ class ConsulDouble:
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self.stop_async())
+            # Handlers of connections that were reset may linger: end them before closing.
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=serve, name="consul-double", daemon=True)
@@ -644,10 +649,10 @@ class ConsulDouble:
         with self._lock:
             self._faults.clear()
 
-    def _fault_for(self, path: str) -> Fault | None:
+    def _fault_for(self, path: str, kinds: tuple[str, ...]) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.pattern.search(path):
+                if fault.kind in kinds and fault.pattern.search(path):
                     fault.hits += 1
                     if fault.count is not None:
                         fault.count -= 1
@@ -670,7 +675,9 @@ class ConsulDouble:
             self.requests[endpoint] += 1
             if "index" in request.query:
                 self.blocking_requests[endpoint] += 1
-        fault = self._fault_for(path)
+        # Faults of the request apply on arrival, damage to the body when the answer leaves
+        # (so a blocking query already waiting gets a damaged answer too).
+        fault = self._fault_for(path, ("delay", "status", "reset"))
         if fault is not None:
             if fault.kind == "delay":
                 await asyncio.sleep(fault.delay)
@@ -686,8 +693,9 @@ class ConsulDouble:
         if dc and dc != self.datacenter:
             return web.Response(status=500, text="No path to datacenter")
         response: web.StreamResponse = await handler(request)
-        if fault is not None and fault.kind in ("malformed", "truncated", "short"):
-            return await _damaged(request, response, fault.kind)
+        damage = self._fault_for(path, ("malformed", "truncated", "short"))
+        if damage is not None and response.status == 200:
+            return await _damaged(request, response, damage.kind)
         return response
 
     def _check_auth(self, request: web.Request) -> web.Response | None:

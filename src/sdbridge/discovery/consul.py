@@ -30,6 +30,7 @@ treated as 1, an index that goes backwards resets to 0, and HTTP 429 backs off l
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from collections.abc import Awaitable, Iterable, Mapping
@@ -394,12 +395,6 @@ class _ConsulClient:
         self.base = (server if "://" in server else f"{config.scheme}://{server}").rstrip("/")
         self.base += config.path_prefix
         self.headers = _auth_headers(config)
-        self.auth: aiohttp.BasicAuth | None = None
-        if config.basic_auth is not None:
-            self.auth = aiohttp.BasicAuth(config.basic_auth.username, _basic_password(config))
-        elif config.username or config.password is not None:
-            password = config.password.get_secret_value() if config.password else ""
-            self.auth = aiohttp.BasicAuth(config.username, password)
 
     def scope(self, datacenter: str) -> list[tuple[str, str]]:
         """Query parameters every read shares: dc, stale, namespace, partition, node meta."""
@@ -431,7 +426,6 @@ class _ConsulClient:
                 url,
                 params=query,
                 headers=self.headers,
-                auth=self.auth,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 body = await response.read()
@@ -497,6 +491,15 @@ def _auth_headers(config: ConsulSDConfig) -> dict[str, str]:
         else:
             secret = auth.credentials.get_secret_value() if auth.credentials else ""
         headers["Authorization"] = f"{auth.type} {secret}"
+    user: str | None = None
+    if config.basic_auth is not None:
+        user, password = config.basic_auth.username, _basic_password(config)
+    elif config.username or config.password is not None:
+        user = config.username
+        password = config.password.get_secret_value() if config.password else ""
+    if user is not None:
+        pair = f"{user}:{password}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
     return headers
 
 
