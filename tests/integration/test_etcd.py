@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,19 +24,45 @@ from prometheus_client import REGISTRY
 from sdbridge.config import parse_config
 from sdbridge.discovery.etcd import EtcdDiscoverer
 from sdbridge.job import Job
+from sdbridge.render import Snapshot
 from tests.servers.etcd import (
     EtcdServer,
     coredns_record,
     etcd,  # noqa: F401 - fixture
     etcd_private,  # noqa: F401 - fixture
+    etcd_tls,  # noqa: F401 - fixture
     go_micro_instance,
     go_zero_instance,
     kratos_instance,
     naming_endpoint,
 )
-from tests.unit.fakes import RecordingOutput, until
 
 pytestmark = pytest.mark.etcd
+
+
+class RecordingOutput:
+    """An output that keeps every snapshot the job publishes."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.snapshots.append(snapshot)
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def until(condition: Callable[[], bool], *, what: str = "") -> None:
+    """Wait until ``condition()`` is true; fail after 30 seconds."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after 30s waiting for {what}")
+        await asyncio.sleep(0.01)
+
 
 Targets = dict[str, dict[str, str]]  # address → labels
 
@@ -70,7 +97,7 @@ class RunningJob:
 
     async def wait(self, condition: Callable[[Targets], bool], what: str) -> Targets:
         """Wait until the file's targets satisfy ``condition``; return them."""
-        await until(lambda: condition(self.targets()), timeout=30, what=what)
+        await until(lambda: condition(self.targets()), what=what)
         return self.targets()
 
     async def wait_addresses(self, *addresses: str) -> Targets:
@@ -423,6 +450,49 @@ async def test_progress_notifications_move_the_revision(
         # server's progress notifications (every second in tests) carry the new revision.
         revision = etcd.put(f"/{unique()}/elsewhere", "x")
         await until(lambda: job.discoverer.revision >= revision, what="revision progress")
+
+
+async def test_authentication(tmp_path: Path, etcd_private: EtcdServer) -> None:  # noqa: F811
+    server = etcd_private
+    server.enable_auth("s3cret")
+    server.put(*go_zero_instance("api.rpc", 1, "127.0.0.1:8001"))
+    async with running_job(
+        tmp_path, server, prefix="api.rpc/", layout="go-zero", username="root", password="s3cret"
+    ) as job:
+        await job.wait_addresses("127.0.0.1:8001")
+        server.put(*go_zero_instance("api.rpc", 2, "127.0.0.1:8002"))
+        await job.wait_addresses("127.0.0.1:8001", "127.0.0.1:8002")
+    async with running_job(
+        tmp_path / "wrong",
+        server,
+        prefix="api.rpc/",
+        layout="go-zero",
+        username="root",
+        password="wrong",
+    ) as job:
+        status = job.discoverer.context.status
+        await until(lambda: status.failures > 0, what="authentication failure")
+        assert "authentication failed" in (status.last_error or "")
+        assert not job.recording.snapshots
+
+
+async def test_tls(tmp_path: Path, etcd_tls: EtcdServer) -> None:  # noqa: F811
+    server = etcd_tls
+    assert server.url.startswith("https://")
+    server.put(*go_zero_instance("api.rpc", 1, "127.0.0.1:8001"))
+    ca = server.workdir / "etcd.crt"
+    async with running_job(
+        tmp_path, server, prefix="api.rpc/", layout="go-zero", tls_config={"ca_file": str(ca)}
+    ) as job:
+        await job.wait_addresses("127.0.0.1:8001")
+        server.put(*go_zero_instance("api.rpc", 2, "127.0.0.1:8002"))
+        await job.wait_addresses("127.0.0.1:8001", "127.0.0.1:8002")
+    async with running_job(
+        tmp_path / "untrusted", server, prefix="api.rpc/", layout="go-zero"
+    ) as job:
+        status = job.discoverer.context.status
+        await until(lambda: status.failures > 0, what="TLS verification failure")
+        assert "CERTIFICATE_VERIFY_FAILED" in (status.last_error or "")
 
 
 # --- bad input ------------------------------------------------------------------------

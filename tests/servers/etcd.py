@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import ssl
 import tempfile
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from .common import ManagedProcess, free_port, http_ok, require_binary, wait_until
+from .common import ManagedProcess, free_port, require_binary, wait_until
+from .tls import SelfSigned, self_signed
 
 
 def _b64(data: str | bytes) -> str:
@@ -35,15 +37,23 @@ def _b64(data: str | bytes) -> str:
 class EtcdServer:
     """One etcd member; ``stop()`` and ``start()`` keep its ports and data."""
 
-    def __init__(self, workdir: Path, *, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, *, extra_args: Sequence[str] = (), tls: SelfSigned | None = None
+    ) -> None:
         self.workdir = workdir
         self.client_port = free_port()
         self.peer_port = free_port()
         while self.peer_port == self.client_port:
             self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.extra_args = list(extra_args)
+        self.ssl_context: ssl.SSLContext | None = None
+        if tls is not None:
+            self.extra_args += [f"--cert-file={tls.cert}", f"--key-file={tls.key}"]
+            self.ssl_context = ssl.create_default_context(cafile=str(tls.cert))
         self.process: ManagedProcess | None = None
+        self.token: str | None = None  # set by enable_auth()
         self.start()
 
     def start(self, timeout: float = 60.0) -> None:
@@ -65,7 +75,17 @@ class EtcdServer:
             ],
             log_path=self.workdir / "etcd.log",
         )
-        wait_until(lambda: http_ok(f"{self.url}/health"), timeout=timeout, what="etcd healthy")
+        wait_until(self.healthy, timeout=timeout, what="etcd healthy")
+
+    def healthy(self) -> bool:
+        """Whether etcd answers /health with a healthy status."""
+        try:
+            with urllib.request.urlopen(
+                f"{self.url}/health", timeout=2, context=self.ssl_context
+            ) as response:
+                return bool(json.load(response).get("health") == "true")
+        except (OSError, ValueError):
+            return False
 
     def stop(self) -> None:
         """Stop etcd (SIGTERM, then SIGKILL)."""
@@ -82,10 +102,11 @@ class EtcdServer:
 
     def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST ``body`` to a gateway path and return the decoded answer."""
+        headers = {"Authorization": self.token} if self.token else {}
         request = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), method="POST"
+            self.url + path, data=json.dumps(body).encode(), headers=headers, method="POST"
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=self.ssl_context) as response:
             answer: dict[str, Any] = json.load(response)
         return answer
 
@@ -124,6 +145,14 @@ class EtcdServer:
         """Revoke a lease, deleting its keys."""
         self.call("/v3/lease/revoke", {"ID": lease})
 
+    def enable_auth(self, password: str) -> None:
+        """Create ``root`` with ``password``, turn authentication on and log in as root."""
+        self.call("/v3/auth/user/add", {"name": "root", "password": password})
+        self.call("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        self.call("/v3/auth/enable", {})
+        answer = self.call("/v3/auth/authenticate", {"name": "root", "password": password})
+        self.token = str(answer["token"])
+
     def revision(self) -> int:
         """The current revision."""
         return int(self.call("/v3/kv/range", {"key": _b64("\0")})["header"]["revision"])
@@ -135,10 +164,11 @@ class EtcdServer:
         return revision
 
 
-def etcd_server(*, extra_args: Sequence[str] = ()) -> Iterator[EtcdServer]:
+def etcd_server(*, extra_args: Sequence[str] = (), tls: bool = False) -> Iterator[EtcdServer]:
     """An etcd in a temporary directory, removed with its data afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix="sdbridge-etcd-"))
-    server = EtcdServer(workdir, extra_args=extra_args)
+    material = self_signed(workdir, "etcd") if tls else None
+    server = EtcdServer(workdir, extra_args=extra_args, tls=material)
     try:
         yield server
     finally:
@@ -156,6 +186,12 @@ def etcd() -> Iterator[EtcdServer]:
 def etcd_private() -> Iterator[EtcdServer]:
     """An etcd of the test's own, for faults (restarts) that would disturb other tests."""
     yield from etcd_server()
+
+
+@pytest.fixture
+def etcd_tls() -> Iterator[EtcdServer]:
+    """An etcd serving its client port over TLS with a self-signed certificate."""
+    yield from etcd_server(tls=True)
 
 
 # --- framework writers -----------------------------------------------------------------

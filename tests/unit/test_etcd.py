@@ -64,7 +64,7 @@ def test_kratos_gives_one_target_per_endpoint() -> None:
     )
     targets = parse_kratos(key, value.encode())
     assert [(t["__address__"], t["__meta_etcd_endpoint_scheme"]) for t in targets] == [
-        ("h:9000", "grpcs"),  # Kratos < 2.3 marked TLS with isSecure=true
+        ("h:9000", "grpcs"),  # Kratos < 2.3.1 marked TLS with isSecure=true
         ("h:8000", "http"),
     ]
     assert targets[0]["__meta_etcd_instance_id"] == "id1"

@@ -370,7 +370,7 @@ def parse_kratos(key: str, value: bytes) -> list[LabelSet]:
         if not parts.scheme:
             raise InvalidTargetError(f"endpoint {endpoint!r} has no scheme")
         address = _address(parts.netloc, f"endpoint {endpoint!r}: host")
-        # Kratos before v2.3 wrote ?isSecure=true instead of grpcs:// and https://.
+        # Kratos before v2.3.1 wrote ?isSecure=true instead of grpcs:// and https://.
         secure = parse_qs(parts.query).get("isSecure") == ["true"]
         scheme = parts.scheme + "s" if secure and not parts.scheme.endswith("s") else parts.scheme
         targets.append(
