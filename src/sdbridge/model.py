@@ -31,7 +31,7 @@ def is_valid_label_name(name: str) -> bool:
     """Return whether ``name`` is a label name Prometheus accepts."""
     if name in _valid_names:
         return True
-    if LABEL_NAME_RE.match(name) is None:
+    if LABEL_NAME_RE.fullmatch(name) is None:  # fullmatch: "$" would accept "a\n"
         return False
     if len(_valid_names) < _VALID_NAMES_MAX:
         _valid_names.add(name)
@@ -50,7 +50,7 @@ def join_list(values: Iterable[str], separator: str = ",") -> str:
 
 def is_valid_address(address: str) -> bool:
     """Return whether ``address`` is a ``host:port`` with a port in 1..65535."""
-    match = _ADDRESS_RE.match(address)
+    match = _ADDRESS_RE.fullmatch(address)
     return match is not None and 0 < int(match["port"]) <= 65535
 
 
@@ -133,11 +133,13 @@ def parse_file_sd(data: object, *, origin: str) -> list[TargetGroup]:
             raise InvalidTargetError(f"{where}: labels must be a mapping")
         if ADDRESS_LABEL in labels:
             raise InvalidTargetError(f"{where}: {ADDRESS_LABEL} belongs in targets, not labels")
-        groups.append(
-            TargetGroup(
+        try:
+            group = TargetGroup(
                 source=str(index),
                 targets=tuple({ADDRESS_LABEL: a} for a in addresses),
                 labels=dict(labels),
             )
-        )
+        except InvalidTargetError as exc:
+            raise InvalidTargetError(f"{origin}: {exc}") from None
+        groups.append(group)
     return groups

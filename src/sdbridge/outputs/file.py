@@ -115,6 +115,7 @@ class FileOutput:
     """
 
     name = "file"
+    retry_backoff: tuple[float, float] = (0.5, 30.0)  # seconds: first retry, longest wait
 
     def __init__(self, job: str, path: Path, *, mode: int = 0o644, pretty: bool = False) -> None:
         self.job = job
@@ -138,7 +139,7 @@ class FileOutput:
         for stale in await asyncio.to_thread(remove_stale_temp_files, self.path):
             log.info("removed a temp file left by an earlier run: %s", stale)
         self._written = await asyncio.to_thread(self._read_current)
-        backoff = Backoff(0.5, 30.0)
+        backoff = Backoff(*self.retry_backoff)
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
