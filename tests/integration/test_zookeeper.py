@@ -28,6 +28,7 @@ from sdbridge.errors import ConfigError
 from sdbridge.job import Job
 from sdbridge.render import Snapshot
 from tests.servers import zookeeper as zookeeper_servers
+from tests.servers.common import free_port
 from tests.servers.zookeeper import ZooKeeperServer, four_letter_word
 
 pytestmark = pytest.mark.zookeeper
@@ -211,7 +212,7 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, server: ZooKeeperServer, *, layout: str, paths: list[str], **options: Any
+    tmp_path: Path, hosts: str, *, layout: str, paths: list[str], **options: Any
 ) -> AsyncIterator[Running]:
     config = parse_config(
         {
@@ -225,7 +226,7 @@ async def running(
                     "guard": {"enabled": False},
                     "output": {"file": str(tmp_path / "zk.json")},
                     "zookeeper_sd_configs": [
-                        {"servers": [server.hosts], "paths": paths, "layout": layout, **options}
+                        {"servers": [hosts], "paths": paths, "layout": layout, **options}
                     ],
                 }
             ],
@@ -280,7 +281,7 @@ async def test_curator_register_update_deregister(
         curator_instance("web", "a1", "127.0.0.1", 8080, payload=spring_cloud_payload("web", "a1")),
         makepath=True,
     )
-    async with running(tmp_path, zookeeper, layout="curator", paths=[root]) as run:
+    async with running(tmp_path, zookeeper.hosts, layout="curator", paths=[root]) as run:
         targets = await run.addresses("127.0.0.1:8080")
         assert targets["127.0.0.1:8080"] == {
             "__meta_zookeeper_path": f"{root}/web/a1",
@@ -340,7 +341,7 @@ async def test_dubbo_register_update_deregister(
     zk.create(
         f"{root}/{iface}/consumers/{java_url_encode(consumer)}", ephemeral=True, makepath=True
     )
-    async with running(tmp_path, zookeeper, layout="dubbo", paths=[root]) as run:
+    async with running(tmp_path, zookeeper.hosts, layout="dubbo", paths=[root]) as run:
         targets = await run.addresses("127.0.0.1:20880")
         labels = targets["127.0.0.1:20880"]
         assert labels["__meta_zookeeper_path"] == dubbo_provider_path(root, iface, url1)
@@ -388,7 +389,7 @@ async def test_serverset_register_update_deregister(
         ephemeral=True,
         sequence=True,
     )
-    async with running(tmp_path, zookeeper, layout="serverset", paths=[path]) as run:
+    async with running(tmp_path, zookeeper.hosts, layout="serverset", paths=[path]) as run:
         targets = await run.addresses("127.0.0.1:8080")
         assert targets["127.0.0.1:8080"] == {
             "__meta_serverset_path": first,
@@ -426,7 +427,7 @@ async def test_base_path_created_later_is_followed(
     base: str,
 ) -> None:
     root = f"{base}/services"
-    async with running(tmp_path, zookeeper, layout="curator", paths=[root]) as run:
+    async with running(tmp_path, zookeeper.hosts, layout="curator", paths=[root]) as run:
         await run.until(lambda t: run.file.exists() and t == {}, "an empty first sync")
         zk.create(f"{root}/web/a", curator_instance("web", "a", "127.0.0.1", 80), makepath=True)
         await run.addresses("127.0.0.1:80")
@@ -475,7 +476,7 @@ async def test_bad_curator_znodes_are_skipped_and_counted(
     zk.create(f"{root}/web/empty", b"")
     zk.create(f"{root}/web/badhost", curator_instance("web", "badhost", "two words", 80))
     before = invalid_count()
-    async with running(tmp_path, zookeeper, layout="curator", paths=[root]) as run:
+    async with running(tmp_path, zookeeper.hosts, layout="curator", paths=[root]) as run:
         targets = await run.addresses("127.0.0.1:80", "localhost:81")
         assert targets["localhost:81"]["__meta_zookeeper_curator_address"] == "localhost"
         assert invalid_count() - before == 5
@@ -513,7 +514,7 @@ async def test_odd_dubbo_encodings(
     zk.create(f"{providers}/just-a-name")
     zk.create(f"{providers}/{java_url_encode(f'dubbo://127.0.0.1/{iface}?side=provider')}")
     before = invalid_count()
-    async with running(tmp_path, zookeeper, layout="dubbo", paths=[root]) as run:
+    async with running(tmp_path, zookeeper.hosts, layout="dubbo", paths=[root]) as run:
         targets = await run.addresses("127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003")
         assert targets["127.0.0.1:1002"]["__meta_zookeeper_dubbo_application"] == "go-app"
         assert targets["127.0.0.1:1002"]["__meta_zookeeper_dubbo_param_methods"] == "A,B"
@@ -562,7 +563,9 @@ async def test_zookeeper_restart_loses_no_target(
             curator_instance("web", f"i{i}", "127.0.0.1", 8000 + i),
             makepath=True,
         )
-    async with running(tmp_path, zookeeper, layout="curator", paths=[root], timeout="20s") as run:
+    async with running(
+        tmp_path, zookeeper.hosts, layout="curator", paths=[root], timeout="20s"
+    ) as run:
         await run.until(lambda t: len(t) == 5, "5 targets")
         before = run.file.read_bytes()
         zookeeper.stop(kill=True)
@@ -594,7 +597,7 @@ async def test_session_expiry_resyncs_without_loss(
     iface = "com.example.Expiring"
     for port in (1, 2, 3):
         zk.create(dubbo_provider_path(root, iface, dubbo_provider_url(iface, port)), makepath=True)
-    async with running(tmp_path, zookeeper, layout="dubbo", paths=[root]) as run:
+    async with running(tmp_path, zookeeper.hosts, layout="dubbo", paths=[root]) as run:
         await run.until(lambda t: len(t) == 3, "3 targets")
         client = run.discoverer.client
         assert client is not None
@@ -621,3 +624,20 @@ async def test_session_expiry_resyncs_without_loss(
         # Watches work in the new session.
         zk.create(dubbo_provider_path(root, iface, dubbo_provider_url(iface, 5)))
         await run.until(lambda t: "127.0.0.1:5" in t, "provider 5")
+
+
+async def test_unreachable_server_is_reported_and_nothing_is_published(tmp_path: Path) -> None:
+    closed_port = f"127.0.0.1:{free_port()}"
+    async with running(
+        tmp_path, closed_port, layout="serverset", paths=["/x"], timeout="1s"
+    ) as run:
+        status = run.job.runners[0].context.status
+        for _ in range(100):
+            if status.last_error:
+                break
+            await asyncio.sleep(0.05)
+        assert status.last_error is not None
+        assert "cannot connect" in status.last_error
+        assert not status.synced
+        assert run.job.snapshot is None
+        assert not run.file.exists()

@@ -858,7 +858,7 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
         while True:
             if failed:
                 await asyncio.sleep(backoff.next_delay())
-            await session.connected.wait()
+            await self._connected(session)
             session.resyncing()
             started = time.monotonic()
             try:
@@ -877,6 +877,17 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
             except (SdbridgeError, _Gone, TimeoutError) as exc:
                 self.context.record_failure(_resync_error(exc, session))
                 failed = True
+
+    async def _connected(self, session: _Session) -> None:
+        """Wait for the connection; report a failure for each session timeout it takes."""
+        while not session.connected.is_set():
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    await session.connected.wait()
+            except TimeoutError:
+                self.context.record_failure(
+                    BackendError(f"ZooKeeper {session.hosts}: cannot connect (still trying)")
+                )
 
     async def _follow(self, send: Send, session: _Session, tree: _Tree, diff: GroupDiff) -> None:
         """Apply watch events until the session needs a full resync."""
