@@ -448,7 +448,12 @@ async def test_poll_mode_follows_changes(
         f"{path}/member_", serverset_member("127.0.0.1", 1), sequence=True, makepath=True
     )
     async with running(
-        tmp_path, zookeeper, layout="serverset", paths=[path], watch=False, refresh_interval="200ms"
+        tmp_path,
+        zookeeper.hosts,
+        layout="serverset",
+        paths=[path],
+        watch=False,
+        refresh_interval="200ms",
     ) as run:
         await run.addresses("127.0.0.1:1")
         zk.set(member, serverset_member("127.0.0.1", 2))

@@ -489,6 +489,9 @@ SHAPES: dict[str, _Shape] = {"dubbo": _Dubbo(), "curator": _Curator(), "serverse
 # --- the kazoo session, bridged to asyncio -----------------------------------------------
 
 Watcher = Callable[[WatchedEvent], None]
+_Request = tuple[Callable[..., Any], tuple[Any, ...], str]  # method, arguments, description
+# Batches above this many requests are handed to kazoo from a worker thread.
+_SUBMIT_INLINE_MAX = 32
 
 
 class _Gone(Exception):
@@ -553,33 +556,62 @@ class _Session:
         self.changed.set()
 
     async def call(self, method: Callable[..., Any], *args: Any, what: str) -> Any:
-        """Run a kazoo ``*_async`` method and await its result in the loop.
+        """Run one kazoo ``*_async`` method; raise :class:`_Gone` or :class:`BackendError`."""
+        (result,) = await self.batch([(method, args, what)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-        Raises :class:`_Gone` when the znode does not exist, :class:`BackendError` else.
+    async def batch(self, requests: list[_Request]) -> list[Any]:
+        """Run kazoo ``*_async`` requests, pipelined; return each result or its error.
+
+        Errors are :class:`_Gone` (no such znode) or :class:`BackendError`. Submitting a
+        request costs kazoo a wake-up write and a GIL hand-off to its thread, so large
+        batches are submitted from a worker thread: the event loop never waits on kazoo.
         """
-        future: asyncio.Future[Any] = self.loop.create_future()
+        loop = self.loop
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in requests]
 
-        def resolve(value: Any, error: BaseException | None) -> None:
+        def resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
             if not future.done():
                 if error is None:
                     future.set_result(value)
                 else:
                     future.set_exception(error)
 
-        def completed(result: Any) -> None:  # kazoo's callback thread
-            error = result.exception
-            value = None if error is not None else result.value
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(resolve, value, error)
+        def completer(future: asyncio.Future[Any]) -> Callable[[Any], None]:
+            def completed(result: Any) -> None:  # kazoo's callback thread
+                error = result.exception
+                value = None if error is not None else result.value
+                with contextlib.suppress(RuntimeError):  # the loop is closing
+                    loop.call_soon_threadsafe(resolve, future, value, error)
 
-        self.context.count_request()
-        try:
-            method(*args).rawlink(completed)
-            return await future
-        except NoNodeError:
-            raise _Gone(what) from None
-        except KazooException as exc:
-            raise BackendError(f"ZooKeeper {self.hosts}: {what}: {_describe(exc)}") from exc
+            return completed
+
+        def submit() -> None:
+            for (method, args, _), future in zip(requests, futures, strict=True):
+                try:
+                    method(*args).rawlink(completer(future))
+                except Exception as exc:
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(resolve, future, None, exc)
+
+        self.context.count_request(len(requests))
+        if len(requests) > _SUBMIT_INLINE_MAX:
+            await asyncio.to_thread(submit)
+        else:
+            submit()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return [self._wrap(r, what) for r, (_, _, what) in zip(results, requests, strict=True)]
+
+    def _wrap(self, result: Any, what: str) -> Any:
+        if isinstance(result, NoNodeError):
+            return _Gone(what)
+        if isinstance(result, KazooException):
+            error = BackendError(f"ZooKeeper {self.hosts}: {what}: {_describe(result)}")
+            error.__cause__ = result
+            return error
+        return result
 
 
 def _describe(exc: BaseException) -> str:
@@ -666,10 +698,7 @@ class _Tree:
     async def resync(self, *, watch: bool) -> None:
         """Read every path again (re-arming watches) and replace the tree; raise on failure."""
         self.pending.clear()
-        fetched = await asyncio.gather(*(self._fetch(root, 0, watch) for root in self.roots))
-        nodes: dict[str, _Node] = {}
-        for subtree in fetched:
-            nodes.update(subtree)
+        nodes = await self._fetch([(root, 0) for root in self.roots], watch=watch)
         old = self.nodes
         for path, node in nodes.items():
             self._parse(path, node, old.get(path))
@@ -679,28 +708,31 @@ class _Tree:
         """Re-read the znodes named by watch events; return whether any target changed."""
         work = [(kind, path, node) for kind, path in events if (node := self.nodes.get(path))]
         refetch: dict[str, int] = {}
-        reads = [self._read(kind, path, node) for kind, path, node in work if node.exists]
-        results = await asyncio.gather(*reads, return_exceptions=True)
+        reads = [(kind, path, node) for kind, path, node in work if node.exists]
+        results = iter(await self.session.batch([self._request(*read) for read in reads]))
         changed = False
-        results_iter = iter(results)
         for kind, path, node in work:
             if not node.exists:  # an absent base path whose exists-watch fired
                 refetch[path] = node.depth
                 continue
-            result = next(results_iter)
+            result = next(results)
             if self.nodes.get(path) is not node:
-                continue  # removed or replaced by an earlier event of this batch
-            if isinstance(result, _Gone):
+                continue  # removed by an earlier event of this batch
+            probe = self._probes(kind, node)
+            if isinstance(result, _Gone) or (probe and result is None):
                 changed |= self._drop(path)
                 if path in self.roots:
                     refetch[path] = 0  # watch for it to come back
                 continue
             if isinstance(result, BaseException):
                 raise result
+            if probe:
+                continue  # still there, and nothing of it is read
             if kind == "data":
-                if result != node.data:
+                data = result[0]
+                if data != node.data:
                     old_group = node.group
-                    node.data, node.group = result, None
+                    node.data, node.group = data, None
                     self._parse(path, node, None)
                     changed |= node.group != old_group
             else:
@@ -711,16 +743,14 @@ class _Tree:
                     refetch[_join(path, new)] = node.depth + 1
                 node.children = names
         if refetch:
-            subtrees = await asyncio.gather(
-                *(self._fetch(path, depth, True) for path, depth in refetch.items())
-            )
-            for (path, _), subtree in zip(refetch.items(), subtrees, strict=True):
-                previous = self.nodes.get(path)
+            subtree = await self._fetch(list(refetch.items()), watch=True)
+            previous = {path: self.nodes.get(path) for path in refetch}
+            for path in refetch:
                 changed |= self._drop(path)
-                for sub_path, sub_node in subtree.items():
-                    self._parse(sub_path, sub_node, previous if sub_path == path else None)
-                    self.nodes[sub_path] = sub_node
-                    changed |= sub_node.group is not None
+            for sub_path, sub_node in subtree.items():
+                self._parse(sub_path, sub_node, previous.get(sub_path))
+                self.nodes[sub_path] = sub_node
+                changed |= sub_node.group is not None
         return changed
 
     def _drop(self, path: str) -> bool:
@@ -751,64 +781,79 @@ class _Tree:
             message = str(exc)
             self.context.record_invalid(f"znode {path}", message.removeprefix(prefix))
 
-    async def _read(self, kind: str, path: str, node: _Node) -> Any:
-        session, client = self.session, self.session.client
-        if kind == "data":
-            if not self.shape.reads_data(node.depth):
-                # A deletion fires data watches too; probe it without a new watch.
-                stat = await session.call(client.exists_async, path, what=f"exists {path}")
-                if stat is None:
-                    raise _Gone(path)
-                return node.data
-            data, _ = await session.call(
-                client.get_async, path, self.data_watcher, what=f"reading {path}"
-            )
-            return data
-        if not self.shape.lists_children(node.depth):
-            return []
-        return await session.call(
-            client.get_children_async, path, self.child_watcher, what=f"listing {path}"
-        )
+    def _probes(self, kind: str, node: _Node) -> bool:
+        """Whether an event of ``kind`` on ``node`` is answered by a bare existence check.
 
-    async def _fetch(self, path: str, depth: int, watch: bool) -> dict[str, _Node]:
-        """Read ``path`` and the subtree the layout needs; pure I/O, the tree is untouched."""
-        out: dict[str, _Node] = {}
-        session, client = self.session, self.session.client
+        A deletion fires every watch of a znode, including the kind this layout does not
+        read for it; that is answered by ``exists`` without a new watch.
+        """
+        if kind == "data":
+            return not self.shape.reads_data(node.depth)
+        return not self.shape.lists_children(node.depth)
+
+    def _request(self, kind: str, path: str, node: _Node) -> _Request:
+        """The read that answers a watch event on ``path`` and re-arms its watch."""
+        client = self.session.client
+        if self._probes(kind, node):
+            return (client.exists_async, (path,), f"checking {path}")
+        if kind == "data":
+            return (client.get_async, (path, self.data_watcher), f"reading {path}")
+        return (client.get_children_async, (path, self.child_watcher), f"listing {path}")
+
+    async def _fetch(self, starts: list[tuple[str, int]], *, watch: bool) -> dict[str, _Node]:
+        """Read the subtrees at ``starts`` (path, depth), level by level; pure I/O.
+
+        A base path that does not exist gets an exists-watch and an absent node; any other
+        znode that vanished mid-read is left out (its parent's watch reports it).
+        """
+        client, shape = self.session.client, self.shape
         data_watch = self.data_watcher if watch else None
         child_watch = self.child_watcher if watch else None
-
-        async def visit(path: str, depth: int) -> None:
-            calls = []
-            if self.shape.reads_data(depth):
-                calls.append(
-                    session.call(client.get_async, path, data_watch, what=f"reading {path}")
-                )
-            if self.shape.lists_children(depth):
-                calls.append(
-                    session.call(
-                        client.get_children_async, path, child_watch, what=f"listing {path}"
+        out: dict[str, _Node] = {}
+        frontier = starts
+        while frontier:
+            requests: list[_Request] = []
+            for path, depth in frontier:
+                if shape.reads_data(depth):
+                    requests.append((client.get_async, (path, data_watch), f"reading {path}"))
+                if shape.lists_children(depth):
+                    requests.append(
+                        (client.get_children_async, (path, child_watch), f"listing {path}")
                     )
-                )
-            try:
-                results = await asyncio.gather(*calls)
-            except _Gone:
-                if depth == 0:  # a base path that does not exist (yet): watch for it
-                    await session.call(client.exists_async, path, data_watch, what=f"exists {path}")
+            results = iter(await self.session.batch(requests))
+            missing_roots: list[str] = []
+            next_frontier: list[tuple[str, int]] = []
+            for path, depth in frontier:
+                answers = [
+                    next(results)
+                    for wanted in (shape.reads_data(depth), shape.lists_children(depth))
+                    if wanted
+                ]
+                if any(isinstance(a, _Gone) for a in answers):
+                    if depth == 0:
+                        missing_roots.append(path)
+                    continue
+                for answer in answers:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                node = _Node(depth)
+                if shape.reads_data(depth):
+                    node.data = answers.pop(0)[0]
+                if shape.lists_children(depth):
+                    node.children = frozenset(
+                        c for c in answers.pop(0) if shape.descends_into(depth + 1, c)
+                    )
+                out[path] = node
+                next_frontier.extend((_join(path, c), depth + 1) for c in node.children)
+            for path in missing_roots:
+                # Watch for the base path to be created; if it was meanwhile, read it next.
+                if await self.session.call(
+                    client.exists_async, path, data_watch, what=f"checking {path}"
+                ):
+                    next_frontier.append((path, 0))
+                else:
                     out[path] = _Node(0, exists=False)
-                return
-            node = _Node(depth)
-            if self.shape.reads_data(depth):
-                node.data = results.pop(0)[0]
-            if self.shape.lists_children(depth):
-                node.children = frozenset(
-                    c for c in results.pop(0) if self.shape.descends_into(depth + 1, c)
-                )
-            out[path] = node
-            if node.children:
-                await asyncio.gather(*(visit(_join(path, c), depth + 1) for c in node.children))
-
-        await visit(path, depth)
-        # A base path that vanished between its listing and an exists() is read next time.
+            frontier = next_frontier
         return out
 
 
