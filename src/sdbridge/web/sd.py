@@ -42,12 +42,17 @@ class Representation:
     targets: int
     _gzip: asyncio.Task[bytes] | None = field(default=None, repr=False)
 
-    async def gzipped(self) -> bytes:
-        """The gzip encoding of ``body``, compressed once off the event loop."""
+    def prepare_gzip(self) -> None:
+        """Start compressing ``body`` off the event loop, once."""
         if self._gzip is None:
             self._gzip = asyncio.ensure_future(
                 asyncio.to_thread(gzip.compress, self.body, GZIP_LEVEL, mtime=0)
             )
+
+    async def gzipped(self) -> bytes:
+        """The gzip encoding of ``body``, compressed once."""
+        self.prepare_gzip()
+        assert self._gzip is not None
         return await asyncio.shield(self._gzip)
 
 
@@ -107,6 +112,8 @@ class SDCache:
         if cache is None or cache.snapshot is not snapshot:
             cache = SnapshotCache.of(snapshot)
             self._caches[job] = cache
+            # Prometheus always asks for gzip: start compressing with the first request.
+            cache.whole.prepare_gzip()
         return cache
 
     def retain(self, jobs: set[str]) -> None:
