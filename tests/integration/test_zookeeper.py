@@ -646,3 +646,57 @@ async def test_unreachable_server_is_reported_and_nothing_is_published(tmp_path:
         assert not status.synced
         assert run.job.snapshot is None
         assert not run.file.exists()
+
+
+async def test_provider_session_end_deregisters(
+    tmp_path: Path, zookeeper: ZooKeeperServer, zk: KazooClient, base: str
+) -> None:
+    root = f"{base}/dubbo"
+    iface = "com.example.Ephemeral"
+    zk.ensure_path(f"{root}/{iface}/providers")
+    provider = KazooClient(hosts=zookeeper.hosts, timeout=5.0)
+    await asyncio.to_thread(provider.start, 30)
+    provider.create(dubbo_provider_path(root, iface, dubbo_provider_url(iface, 7)), ephemeral=True)
+    zk.create(dubbo_provider_path(root, iface, dubbo_provider_url(iface, 8)))
+    async with running(tmp_path, zookeeper.hosts, layout="dubbo", paths=[root]) as run:
+        await run.addresses("127.0.0.1:7", "127.0.0.1:8")
+        # The provider process ends: ZooKeeper removes its ephemeral znode.
+        await asyncio.to_thread(provider.stop)
+        provider.close()
+        await run.addresses("127.0.0.1:8")
+
+
+async def test_digest_auth_reads_protected_znodes(
+    tmp_path: Path, zookeeper: ZooKeeperServer, zk: KazooClient, base: str
+) -> None:
+    from kazoo.security import make_digest_acl
+
+    acl = [make_digest_acl("sd", "s3cret", read=True, write=True, create=True, delete=True)]
+    path = f"{base}/secure"
+    zk.ensure_path(base)
+    zk.create(path, acl=acl)
+    owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "sd:s3cret")])
+    await asyncio.to_thread(owner.start, 30)
+    try:
+        owner.create(f"{path}/member_1", serverset_member("127.0.0.1", 5), acl=acl)
+        auth = {"username": "sd", "password": "s3cret"}
+        async with running(
+            tmp_path, zookeeper.hosts, layout="serverset", paths=[path], digest_auth=auth
+        ) as run:
+            await run.addresses("127.0.0.1:5")
+            assert "s3cret" not in json.dumps(run.job.status()["mechanisms"][0]["config"])
+        # Without credentials the read is refused: a failed sync, and nothing published.
+        async with running(
+            tmp_path / "noauth", zookeeper.hosts, layout="serverset", paths=[path]
+        ) as run:
+            status = run.job.runners[0].context.status
+            for _ in range(100):
+                if status.last_error:
+                    break
+                await asyncio.sleep(0.05)
+            assert status.last_error is not None
+            assert "NoAuth" in status.last_error
+            assert run.job.snapshot is None
+    finally:
+        await asyncio.to_thread(owner.stop)
+        owner.close()
