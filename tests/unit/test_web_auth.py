@@ -12,10 +12,12 @@ from pathlib import Path
 import aiohttp
 import bcrypt
 import pytest
+from aiohttp import web
 
 from sdbridge.daemon import Daemon
 from sdbridge.errors import ConfigError
 from sdbridge.web import auth
+from sdbridge.web.app import AUTH_EXEMPT_KEY
 from sdbridge.web.auth import parse_basic
 from sdbridge.web.server import Server, start_server
 from sdbridge.web.webconfig import load_web_config
@@ -142,6 +144,29 @@ async def test_successful_checks_are_cached_failures_are_not(
 def test_parse_basic_keeps_colons_in_passwords() -> None:
     assert parse_basic(basic("u", "a:b:c")["Authorization"]) == ("u", "a:b:c")
     assert parse_basic("basic " + base64.b64encode(b":").decode()) == ("", "")
+
+
+async def test_route_hooks_can_exempt_their_own_routes_from_basic_auth(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    async def hello(_: web.Request) -> web.Response:
+        return web.Response(text="self-authenticated\n")
+
+    def hook(app: web.Application) -> None:
+        app.router.add_post("/api/v1/hooked", hello, name="hooked")
+        app[AUTH_EXEMPT_KEY].append(lambda request: request.match_info.route.name == "hooked")
+
+    config = write_web_config(tmp_path / "web.yml", users={"alice": "pw"})
+    server = await start_server(daemon, "127.0.0.1:0", config, route_hooks=[hook])
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert (await session.post(f"{server.url}/api/v1/hooked")).status == 200
+            assert (
+                await session.get(f"{server.url}/api/v1/hooked")
+            ).status == 401  # 405 needs auth
+            assert (await session.get(f"{server.url}/sd/web")).status == 401
+    finally:
+        await server.close()
 
 
 async def test_extra_headers_from_http_server_config(tmp_path: Path, daemon: Daemon) -> None:

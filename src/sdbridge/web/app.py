@@ -9,7 +9,9 @@ Routes:
 - ``GET /``, ``GET /jobs/<job>``, ``/static/*``: the UI (:mod:`.ui`)
 
 Other parts of sdbridge add their own routes by passing a ``RouteHook`` in
-``create_app(..., route_hooks=...)``; each is called once with the app.
+``create_app(..., route_hooks=...)``; each is called once with the app. A hook whose
+routes authenticate requests themselves may append a predicate to
+``app[AUTH_EXEMPT_KEY]``: requests it accepts skip basic auth.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from ..errors import ConfigError
 from ..render import Snapshot
 from . import api, ui
 from .auth import BasicAuth
-from .keys import DAEMON_KEY, SD_CACHE_KEY, SETTINGS_KEY, TARGET_INDEX_KEY
+from .keys import AUTH_EXEMPT_KEY, DAEMON_KEY, SD_CACHE_KEY, SETTINGS_KEY, TARGET_INDEX_KEY
 from .sd import JSON_CONTENT_TYPE, SDCache, make_handler
 from .status import TargetIndex
 from .webconfig import NO_WEB_CONFIG, WebSettings
 
-__all__ = ["DAEMON_KEY", "JSON_CONTENT_TYPE", "RouteHook", "create_app"]
+__all__ = ["AUTH_EXEMPT_KEY", "DAEMON_KEY", "JSON_CONTENT_TYPE", "RouteHook", "create_app"]
 
 RouteHook = Callable[[web.Application], None]
 """Adds routes to the app; called once by :func:`create_app`."""
@@ -91,6 +93,7 @@ def create_app(
         middlewares.append(BasicAuth(settings.users).middleware())
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[DAEMON_KEY] = daemon
+    app[AUTH_EXEMPT_KEY] = []
     app[SETTINGS_KEY] = settings
     sd_cache = app[SD_CACHE_KEY] = SDCache()
     targets = app[TARGET_INDEX_KEY] = TargetIndex()

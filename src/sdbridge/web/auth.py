@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .. import metrics
+from .keys import AUTH_EXEMPT_KEY
 
 _CACHE_SIZE = 1024
 
@@ -80,6 +81,8 @@ class BasicAuth:
 
         @web.middleware
         async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if any(exempt(request) for exempt in request.app.get(AUTH_EXEMPT_KEY, ())):
+                return await handler(request)
             credentials = parse_basic(request.headers.get("Authorization", ""))
             if credentials is None or not await self.check(*credentials):
                 metrics.WEB_AUTH_FAILURES.inc()
