@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -260,3 +261,80 @@ def test_password_is_masked_and_tls_paths_resolved(tmp_path: Any) -> None:
     assert dumped["password"] == "**********"
     assert dumped["tls_config"]["ca_file"] == str(tmp_path / "ca.pem")
     assert entry.urls() == ["https://127.0.0.1:2379"]
+
+
+# --- no value, however odd, escapes as anything but InvalidTargetError --------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+# Values shaped like each layout's, with any JSON in each field.
+shaped = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional=dict.fromkeys(
+            (
+                "Op",
+                "Addr",
+                "Metadata",
+                "id",
+                "name",
+                "version",
+                "metadata",
+                "endpoints",
+                "nodes",
+                "host",
+                "port",
+                "priority",
+                "text",
+            ),
+            json_values,
+        ),
+    ),
+    st.fixed_dictionaries(
+        {
+            "name": st.text(max_size=4),
+            "nodes": st.lists(
+                st.dictionaries(st.sampled_from(["id", "address", "metadata"]), json_values),
+                max_size=2,
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "name": st.text(max_size=4),
+            "endpoints": st.lists(
+                st.text(max_size=12)
+                | st.sampled_from(["http://h:1", "grpc://[::1]:9?isSecure=true", "x://:0"]),
+                max_size=3,
+            ),
+        }
+    ),
+)
+
+
+@given(shaped)
+def test_parsers_only_ever_raise_invalid_target(value: object) -> None:
+    raw = json.dumps(value).encode()
+    fields = JSONFields(host="host", port="port", labels={"n": "name", "m": "metadata"})
+    parsers = [
+        parse_endpoints,
+        parse_kratos,
+        parse_go_zero,
+        parse_go_micro,
+        lambda k, v: parse_coredns(k, v, "/skydns"),
+        lambda k, v: parse_json(v, fields),
+    ]
+    for parse in parsers:
+        try:
+            targets = parse("/skydns/local/a", raw)
+        except InvalidTargetError:
+            continue
+        for target in targets:
+            assert all(is_valid_label_name(name) for name in target)
+            assert all(isinstance(v, str) for v in target.values())
