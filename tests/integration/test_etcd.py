@@ -25,6 +25,7 @@ from sdbridge.config import parse_config
 from sdbridge.discovery.etcd import EtcdDiscoverer
 from sdbridge.job import Job
 from sdbridge.render import Snapshot
+from tests.servers.common import free_port
 from tests.servers.etcd import (
     EtcdServer,
     coredns_record,
@@ -119,7 +120,7 @@ async def running_job(
             "jobs": [
                 {
                     "name": "etcd",
-                    "etcd_sd_configs": [{"endpoints": [server.url], **sd_config}],
+                    "etcd_sd_configs": [{"endpoints": [server.url]} | sd_config],
                     "output": {"file": str(tmp_path / "targets.json")},
                     # The mass-deletion guard would hold back deregistrations: not tested here.
                     "guard": {"enabled": False},
@@ -436,6 +437,18 @@ async def test_etcd_restart_loses_no_target(
         assert all(len(addresses) >= 3 for addresses in published), published
         # The resync after the restart sent only the change: one publish per state.
         assert len(published) == 2, published
+
+
+async def test_fails_over_to_the_next_endpoint(tmp_path: Path, etcd: EtcdServer) -> None:  # noqa: F811
+    prefix = f"/{unique()}/"
+    etcd.put(*go_zero_instance(prefix + "svc", 1, "127.0.0.1:8001"))
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with running_job(
+        tmp_path, etcd, prefix=prefix, layout="go-zero", endpoints=[dead, etcd.url]
+    ) as job:
+        await job.wait_addresses("127.0.0.1:8001")
+        etcd.put(*go_zero_instance(prefix + "svc", 2, "127.0.0.1:8002"))
+        await job.wait_addresses("127.0.0.1:8001", "127.0.0.1:8002")
 
 
 async def test_progress_notifications_move_the_revision(

@@ -591,6 +591,8 @@ class Gateway:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._failover()
             raise BackendError(f"etcd {url}: {_describe(exc)}") from exc
+        if status >= 500:
+            self._failover()  # e.g. a member without a leader: another may answer
         answer = self._decode(payload, url)
         if status != 200 or "error" in answer:
             raise self._error(answer, url, status)
@@ -661,6 +663,9 @@ class Gateway:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._failover()
             raise BackendError(f"etcd {url}: watch stream broken: {_describe(exc)}") from exc
+        except BackendError:
+            self._failover()  # the stream ended or failed: try the next endpoint
+            raise
 
 
 def _keepalive(response: aiohttp.ClientResponse) -> None:
