@@ -248,7 +248,8 @@ async def test_reload_keeps_unchanged_jobs_and_rejects_broken_configs(setup: Set
 
 async def test_a_target_change_reaches_http_sd(setup: Setup) -> None:
     setup.targets("a", ["127.0.0.1:9100"])
-    setup.write([setup.job("a")])
+    output = setup.dir / "out" / "a.json"
+    setup.write([{**setup.job("a"), "output": {"file": str(output)}}])
     await setup.start()
     await eventually(lambda: ready(setup), "ready")
     status, first = await get(f"{setup.url}/sd/a")
@@ -266,6 +267,8 @@ async def test_a_target_change_reaches_http_sd(setup: Setup) -> None:
 
     await eventually(changed, "the new target")
     _, body = await get(f"{setup.url}/sd/a")
+    # http_sd serves the same bytes as the file output.
+    await eventually(lambda: output.exists() and output.read_bytes() == body, "the file output")
     assert [g["targets"] for g in json.loads(body)] == [["127.0.0.1:9100"], ["127.0.0.3:9100"]]
     assert status == 200
     assert first != body
