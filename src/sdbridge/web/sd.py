@@ -17,6 +17,7 @@ import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiohttp import web
 
@@ -40,14 +41,14 @@ class Representation:
     body: bytes
     etag: str  # hex, unquoted
     targets: int
-    _gzip: asyncio.Task[bytes] | None = field(default=None, repr=False)
+    _gzip: asyncio.Future[bytes] | None = field(default=None, repr=False)
 
     def prepare_gzip(self) -> None:
         """Start compressing ``body`` off the event loop, once."""
         if self._gzip is None:
-            self._gzip = asyncio.ensure_future(
-                asyncio.to_thread(gzip.compress, self.body, GZIP_LEVEL, mtime=0)
-            )
+            # A plain executor future (no coroutine), so one nobody awaits leaves no warning.
+            compress = partial(gzip.compress, self.body, GZIP_LEVEL, mtime=0)
+            self._gzip = asyncio.get_running_loop().run_in_executor(None, compress)
 
     async def gzipped(self) -> bytes:
         """The gzip encoding of ``body``, compressed once."""
@@ -62,7 +63,7 @@ class SnapshotCache:
 
     snapshot: Snapshot
     whole: Representation
-    _shards: dict[int, asyncio.Task[list[Representation]]] = field(default_factory=dict)
+    _shards: dict[int, asyncio.Future[list[Representation]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> SnapshotCache:
@@ -76,7 +77,9 @@ class SnapshotCache:
         if task is None:
             if len(self._shards) >= _SHARD_CACHE_LIMIT:
                 del self._shards[next(iter(self._shards))]
-            task = asyncio.ensure_future(asyncio.to_thread(split_shards, self.snapshot, shards))
+            task = asyncio.get_running_loop().run_in_executor(
+                None, split_shards, self.snapshot, shards
+            )
             self._shards[shards] = task
         return (await asyncio.shield(task))[index]
 
