@@ -167,13 +167,6 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_address(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
-
-
 _background: set[asyncio.Task[None]] = set()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .config import ConfigBase, load_config
+from .config import ConfigBase, GlobalConfig, JobConfigBase, load_config
 from .errors import ConfigError
 from .job import Job
 
@@ -57,10 +57,15 @@ class Daemon:
     def start(self) -> None:
         """Start every job of the current config."""
         for job_config in self.config.jobs:
-            self._start_job(Job(job_config, self.config.global_))
+            self._start_job(self._new_job(job_config, self.config.global_))
         metrics.CONFIG_RELOAD_SUCCESS.set(1)
         metrics.CONFIG_RELOAD_TIMESTAMP.set(time.time())
         self.last_reload = time.time()
+
+    @staticmethod
+    def _new_job(job_config: JobConfigBase, global_config: GlobalConfig) -> Job:
+        # Daemon jobs keep their last-known-good state in <data_dir>/state.
+        return Job(job_config, global_config, state_dir=global_config.data_dir / "state")
 
     def _start_job(self, job: Job) -> None:
         self.jobs[job.name] = job
@@ -72,7 +77,8 @@ class Daemon:
         task = self._tasks.pop(name)
         self.jobs.pop(name)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # A job that already died was logged by its done-callback; stopping it must not raise.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         metrics.forget_job(name)
 
@@ -122,7 +128,7 @@ class Daemon:
         kept = len(self.jobs)
         for name, job_config in wanted.items():
             if name not in self.jobs:
-                self._start_job(Job(job_config, new.global_))
+                self._start_job(self._new_job(job_config, new.global_))
         self.config = new
         for callback in self.on_jobs_changed:
             callback(self)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from . import metrics
@@ -27,6 +28,7 @@ from .outputs import Output
 from .outputs.file import FileOutput
 from .relabel import Rule, compile_rules, process
 from .render import Entry, Snapshot, make_entry, sort_entries
+from .state import StateOutput
 
 log = logging.getLogger("sdbridge.job")
 
@@ -73,6 +75,7 @@ class Job:
         global_config: GlobalConfig,
         *,
         extra_outputs: Sequence[Output] = (),
+        state_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -91,6 +94,11 @@ class Job:
                 pretty=config.output.pretty,
             )
             self.outputs.append(self.file_output)
+        # Last-known-good persistence (the daemon turns it on; see state.py).
+        self.state_output: StateOutput | None = None
+        if state_dir is not None:
+            self.state_output = StateOutput(config.name, state_dir)
+            self.outputs.append(self.state_output)
         self.guard = Guard(config.guard, job=config.name)
         self._rules: list[Rule] = compile_rules(config.relabel_configs)
         self._groups: dict[GroupKey, list[Entry]] = {}
@@ -135,12 +143,33 @@ class Job:
 
     async def run(self) -> None:
         """Run mechanisms, the publisher and the outputs until cancelled."""
+        if self.state_output is not None:
+            restored = await self.state_output.load()
+            if restored is not None:
+                self.restore(restored)
         async with asyncio.TaskGroup() as tasks:
             for output in self.outputs:
-                tasks.create_task(output.run(), name=f"{self.name}/output/{output.name}")
+                tasks.create_task(
+                    self._run_output(output), name=f"{self.name}/output/{output.name}"
+                )
             for runner in self.runners:
                 tasks.create_task(self._supervise(runner), name=f"{self.name}/{runner.label}")
             tasks.create_task(self._publish_loop(), name=f"{self.name}/publish")
+
+    async def _run_output(self, output: Output) -> None:
+        """Run an output; one that crashes (a bug) is logged and restarted, never fatal."""
+        backoff = Backoff(1.0, 30.0)
+        while True:
+            try:
+                await output.run()
+                raise RuntimeError("run() returned; an output must run until cancelled")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "output %s crashed; restarting it", output.name, extra={"job": self.name}
+                )
+            await asyncio.sleep(backoff.next_delay())
 
     async def sync_once(self) -> Snapshot:
         """Run every mechanism until its first sync and publish the result once.
@@ -203,6 +232,7 @@ class Job:
             runner.context.record_failure(exc)
             return False
         first_sync = not runner.received
+        removed_groups = False
         runner.received = True
         runner.context.status.synced = True
         if full:
@@ -212,6 +242,7 @@ class Job:
                 del self._groups[key]
             if stale:
                 self._dirty = True
+                removed_groups = True
         for key, entries in rendered:
             if entries is None:
                 self._groups.pop(key, None)
@@ -219,7 +250,9 @@ class Job:
                 self._groups[key] = entries
         if rendered or first_sync:
             self._dirty = True
-        self.guard.observe_sync()
+        self.guard.observe_sync(
+            runner.index, changed=bool(rendered) or first_sync or removed_groups
+        )
         self._changed.set()
         return True
 
@@ -301,9 +334,7 @@ class Job:
         if previous is not None and not previous.stale and previous.body == snapshot.body:
             self._published.set()
             return
-        if previous is not None and not self.guard.admit(
-            previous.target_count, snapshot.target_count
-        ):
+        if previous is not None and not self.guard.admit(previous, snapshot):
             # Re-evaluate on every later sync, and when hold_for runs out.
             self._dirty = True
             wait = self.guard.seconds_until_release()
@@ -331,6 +362,8 @@ class Job:
             "name": self.name,
             "synced": self.synced,
             "stale": snapshot.stale if snapshot is not None else None,
+            # A stale snapshot's creation time: when its data was last fresh.
+            "stale_since": snapshot.created if snapshot is not None and snapshot.stale else None,
             "targets": snapshot.target_count if snapshot is not None else 0,
             "groups": snapshot.groups if snapshot is not None else 0,
             "last_publish": self.last_publish,
@@ -347,7 +380,7 @@ class Job:
             "outputs": [
                 {"name": o.name, "path": str(o.path), "last_error": o.last_error}
                 for o in self.outputs
-                if isinstance(o, FileOutput)
+                if isinstance(o, FileOutput | StateOutput)
             ],
         }
 

@@ -49,7 +49,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=directory)
     except OSError as exc:
         raise OutputError(
-            f"cannot create a temp file in {directory} to write {path.name}: {exc.strerror}"
+            f"cannot write {path}: cannot create a temp file in {directory}: {exc.strerror}"
         ) from exc
     try:
         try:
@@ -86,13 +86,16 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Delete temp files a crashed writer left next to ``path``; return what was removed."""
+    """Delete temp files a crashed writer left next to ``path``; return what was removed.
+
+    Best effort: a directory that cannot be listed is the write's problem to report.
+    """
     removed = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):
         for candidate in path.parent.iterdir():
             name = candidate.name
             if name.startswith(temp_prefix(path)) and name.endswith(TEMP_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     candidate.unlink()
                     removed.append(candidate)
     return removed
@@ -148,10 +151,15 @@ class FileOutput:
                 continue
             try:
                 await self._write(snapshot)
-            except OutputError as exc:
+            except Exception as exc:  # an output never dies: it reports and retries
                 self._failed.inc()
                 if self.last_error != str(exc):
-                    log.error("write failed, the previous file stays: %s", exc)
+                    log.error(
+                        "write failed, the previous file stays: %s",
+                        exc,
+                        exc_info=None if isinstance(exc, OutputError) else exc,
+                        extra={"job": self.job},
+                    )
                 self.last_error = str(exc)
                 # Retry later unless a newer snapshot arrives first (it wakes us too).
                 with contextlib.suppress(TimeoutError):
@@ -159,7 +167,7 @@ class FileOutput:
                 self._wakeup.set()
                 continue
             if self.last_error is not None:
-                log.info("write succeeded again: %s", self.path)
+                log.info("write succeeded again: %s", self.path, extra={"job": self.job})
                 self.last_error = None
             backoff.reset()
             if self._pending is snapshot:
