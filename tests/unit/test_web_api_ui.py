@@ -227,3 +227,14 @@ async def test_ui_shows_a_failed_reload(client: Client, daemon: Daemon) -> None:
     text = await (await client.get("/")).text()
     assert 'id="reload-error"' in text
     assert "line 3, column 1: oops" in text
+
+
+async def test_ui_shows_the_guard_holding(
+    client: Client, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holding = {"holding": True, "held_previous": 1000, "held_proposed": 10, "confirmations": 3}
+    monkeypatch.setattr(daemon.jobs["web"].guard, "status", lambda: holding)
+    assert (await (await client.get("/api/v1/jobs/web")).json())["data"]["state"] == "holding"
+    text = await (await client.get("/jobs/web")).text()
+    assert 'id="guard-holding"' in text
+    assert "1,000 target(s) back from an update to 10" in text

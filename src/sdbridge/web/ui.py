@@ -51,6 +51,12 @@ def _ago(timestamp: float | None, now: float) -> str:
     return f'<time datetime="{_e(iso)}" title="{_e(iso)}">{text}</time>'
 
 
+def _count(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:,.0f}"
+    return "?"
+
+
 def _badge(state: str) -> str:
     return f'<span class="badge state-{_e(state)}">{_e(state)}</span>'
 
@@ -236,10 +242,12 @@ async def job_page(request: web.Request) -> web.Response:
     )
     guard = s["guard"]
     guard_box = (
-        '<div class="banner warn">The mass-deletion guard holds the previous '
-        f"{guard['held_previous']:,} target(s) back from an update to "
-        f"{guard['held_proposed']:,}.</div>"
-        if guard["holding"]
+        '<div class="banner warn" id="guard-holding">The mass-deletion guard holds the '
+        f"previous {_count(guard.get('held_previous'))} target(s) back from an update to "
+        f"{_count(guard.get('held_proposed'))}; it is published after "
+        f"{_count(guard.get('confirmations'))} confirming syncs or "
+        f"{_count(guard.get('seconds_until_release'))}s.</div>"
+        if guard.get("holding")
         else ""
     )
     outputs = "".join(
