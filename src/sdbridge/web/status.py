@@ -47,7 +47,7 @@ def job_state(job: Job) -> str:
         return "failing"
     if job.snapshot is None:
         return "syncing"
-    if status["guard"]["holding"]:
+    if status.get("guard", {}).get("holding"):
         return "holding"
     if job.snapshot.stale:
         return "stale"
