@@ -261,7 +261,9 @@ class EngineClient:
         headers = {"User-Agent": USER_AGENT}
         connector: aiohttp.BaseConnector
         if parts.scheme == "unix":
-            connector = aiohttp.UnixConnector(path=parts.path)
+            # A fresh connection per request is cheap on a socket, and it means every
+            # refresh checks the socket path as it is now (not a pooled connection).
+            connector = aiohttp.UnixConnector(path=parts.path, force_close=True)
             # The host part is ignored on a socket; Docker's own client uses this name.
             self._base = "http://docker"
         else:
