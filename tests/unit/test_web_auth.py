@@ -260,3 +260,47 @@ def test_sdbridge_run_refuses_a_malformed_web_config_at_start(tmp_path: Path) ->
     assert result.returncode == 1
     assert f"{web_config}: basic_auth_users" in result.stderr
     assert "not a bcrypt hash" in result.stderr
+
+
+async def test_web_config_is_reread_on_config_reload(
+    tmp_path: Path, daemon: Daemon, tls_material: SelfSigned
+) -> None:
+    rotated = self_signed(tmp_path, "rotated")
+    path = write_web_config(tmp_path / "web.yml", tls=tls_material, users={"alice": "old"})
+    daemon._loader = lambda: daemon.config  # the jobs' config stays the same
+    server = await start_server(daemon, "127.0.0.1:0", path)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def status(ca: SelfSigned, password: str) -> int:
+                response = await session.get(
+                    f"{server.url}/sd/web",
+                    ssl=client_ssl(ca),
+                    headers={**basic("alice", password), "Connection": "close"},
+                )
+                return response.status
+
+            assert await status(tls_material, "old") == 200
+
+            # New certificate and password: applied by the next config reload.
+            write_web_config(path, tls=rotated, users={"alice": "new"})
+            await daemon.reload()
+            assert await status(rotated, "new") == 200
+            assert await status(rotated, "old") == 401
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await status(tls_material, "new")
+
+            # An invalid web config is logged and the running one stays.
+            path.write_text("basic_auth_users:\n  alice: plaintext\n")
+            with pytest.raises(ConfigError, match="not a bcrypt hash"):
+                server.reload_web_config()
+            await daemon.reload()  # logs, keeps serving
+            assert await status(rotated, "new") == 200
+
+            # TLS cannot be switched off without a restart.
+            write_web_config(path, users={"alice": "new"})
+            with pytest.raises(ConfigError, match="needs a restart"):
+                server.reload_web_config()
+            assert await status(rotated, "new") == 200
+    finally:
+        await server.close()

@@ -27,7 +27,15 @@ from ..errors import ConfigError
 from ..render import Snapshot
 from . import api, ui
 from .auth import BasicAuth
-from .keys import AUTH_EXEMPT_KEY, DAEMON_KEY, SD_CACHE_KEY, SETTINGS_KEY, TARGET_INDEX_KEY
+from .keys import (
+    AUTH_EXEMPT_KEY,
+    AUTH_KEY,
+    DAEMON_KEY,
+    HEADERS_KEY,
+    SD_CACHE_KEY,
+    SETTINGS_KEY,
+    TARGET_INDEX_KEY,
+)
 from .sd import JSON_CONTENT_TYPE, SDCache, make_handler
 from .status import TargetIndex
 from .webconfig import NO_WEB_CONFIG, WebSettings
@@ -69,7 +77,8 @@ def _header_middleware(headers: dict[str, str]) -> Middleware:
     @web.middleware
     async def add_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
-        response.headers.update(headers)
+        if headers:
+            response.headers.update(headers)
         return response
 
     return add_headers
@@ -86,12 +95,14 @@ def create_app(
     ``settings`` (from ``--web.config.file``) turns on basic auth and extra headers;
     TLS is applied where the server listens (:func:`.server.start_server`).
     """
-    middlewares: list[Middleware] = []
-    if settings.headers:
-        middlewares.append(_header_middleware(settings.headers))
-    if settings.users:
-        middlewares.append(BasicAuth(settings.users).middleware())
+    # Both are always installed (and cheap when empty), so a reloaded web config can
+    # add headers or turn basic auth on without rebuilding the app.
+    headers = dict(settings.headers)
+    auth = BasicAuth(settings.users)
+    middlewares: list[Middleware] = [_header_middleware(headers), auth.middleware()]
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
+    app[HEADERS_KEY] = headers
+    app[AUTH_KEY] = auth
     app[DAEMON_KEY] = daemon
     app[AUTH_EXEMPT_KEY] = []
     app[SETTINGS_KEY] = settings

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import cache
 
 import bcrypt
@@ -21,9 +22,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .. import metrics
-from .keys import AUTH_EXEMPT_KEY
 
 _CACHE_SIZE = 1024
+
+
+# Predicates a route hook may append to: a request any of them accepts skips basic auth
+# (e.g. registry writes that carry their own bearer token).
+AUTH_EXEMPT_KEY = web.AppKey("auth_exempt", list[Callable[[web.Request], bool]])
 
 
 @cache
@@ -54,6 +59,11 @@ class BasicAuth:
         self.users = users
         self._ok: OrderedDict[bytes, None] = OrderedDict()
 
+    def replace_users(self, users: dict[str, bytes]) -> None:
+        """Check against ``users`` from now on; remembered successes are forgotten."""
+        self.users = users
+        self._ok.clear()
+
     def _key(self, user: str, password: str, hashed: bytes) -> bytes:
         return hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed))).digest()
 
@@ -81,7 +91,9 @@ class BasicAuth:
 
         @web.middleware
         async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if any(exempt(request) for exempt in request.app.get(AUTH_EXEMPT_KEY, ())):
+            if not self.users or any(
+                exempt(request) for exempt in request.app.get(AUTH_EXEMPT_KEY, ())
+            ):
                 return await handler(request)
             credentials = parse_basic(request.headers.get("Authorization", ""))
             if credentials is None or not await self.check(*credentials):

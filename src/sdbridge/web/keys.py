@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from aiohttp import web
 
 from ..daemon import Daemon
+from .auth import AUTH_EXEMPT_KEY, BasicAuth
 from .sd import SDCache
 from .status import TargetIndex
 from .webconfig import WebSettings
@@ -15,6 +14,15 @@ DAEMON_KEY = web.AppKey("daemon", Daemon)
 SD_CACHE_KEY = web.AppKey("sd_cache", SDCache)
 TARGET_INDEX_KEY = web.AppKey("target_index", TargetIndex)
 SETTINGS_KEY = web.AppKey("web_settings", WebSettings)
-# Predicates a route hook may append to: a request any of them accepts skips basic auth
-# (e.g. registry writes that carry their own bearer token).
-AUTH_EXEMPT_KEY = web.AppKey("auth_exempt", list[Callable[[web.Request], bool]])
+AUTH_KEY = web.AppKey("basic_auth", BasicAuth)
+HEADERS_KEY = web.AppKey("extra_headers", dict[str, str])
+
+__all__ = [
+    "AUTH_EXEMPT_KEY",
+    "AUTH_KEY",
+    "DAEMON_KEY",
+    "HEADERS_KEY",
+    "SD_CACHE_KEY",
+    "SETTINGS_KEY",
+    "TARGET_INDEX_KEY",
+]

@@ -2,11 +2,14 @@
 
 ``sdbridge run`` calls :func:`start_server` before starting the jobs, so a bad
 ``--web.listen-address`` or ``--web.config.file`` stops it at once with a clear error.
+Every successful config reload also re-reads the web config file (users, headers,
+certificate and key); an invalid one is logged and the running one stays.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from aiohttp import web
 from ..daemon import Daemon
 from ..errors import ConfigError
 from .app import RouteHook, create_app
+from .keys import AUTH_KEY, HEADERS_KEY
 from .webconfig import WebSettings, load_web_config
 
 log = logging.getLogger("sdbridge.web")
@@ -33,6 +37,23 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+class _LiveTLS:
+    """Hands every new TLS handshake the newest context, so certificates can be rotated.
+
+    The listening socket keeps its first context; its SNI callback (called for every
+    ClientHello, with or without a server name) swaps in the current one, as the
+    exporter-toolkit's GetConfigForClient does.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.current = context
+        context.sni_callback = self._select
+
+    def _select(self, conn: ssl.SSLObject, _name: str | None, context: ssl.SSLContext) -> None:
+        if self.current is not context:
+            conn.context = self.current
+
+
 @dataclass
 class Server:
     """A running web server; :meth:`close` stops it."""
@@ -41,6 +62,39 @@ class Server:
     settings: WebSettings
     host: str
     port: int
+    web_config_file: Path | None = None
+    _tls: _LiveTLS | None = None
+
+    def reload_web_config(self) -> None:
+        """Re-read the web config file: users, headers, certificate and key.
+
+        Raises ConfigError, and keeps the running settings, if the file is invalid or
+        would switch TLS on or off (which needs a restart).
+        """
+        if self.web_config_file is None:
+            return
+        new = load_web_config(self.web_config_file)
+        if (new.ssl_context is None) != (self._tls is None):
+            raise ConfigError(
+                f"{self.web_config_file}: turning TLS on or off needs a restart of sdbridge"
+            )
+        if self._tls is not None and new.ssl_context is not None:
+            self._tls.current = new.ssl_context
+        app = self.runner.app
+        app[AUTH_KEY].replace_users(new.users)
+        headers = app[HEADERS_KEY]
+        headers.clear()
+        headers.update(new.headers)
+        self.settings = new
+
+    def _reload_after_config_reload(self, _: Daemon) -> None:
+        try:
+            self.reload_web_config()
+        except ConfigError as exc:
+            log.error("web config reload failed, the running web config stays: %s", exc)
+        else:
+            if self.web_config_file is not None:
+                log.info("web config reloaded from %s", self.web_config_file)
 
     @property
     def url(self) -> str:
@@ -83,7 +137,10 @@ async def start_server(
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {listen_address}: {exc.strerror or exc}") from exc
     bound = _bound_port(runner, port)
-    server = Server(runner, settings, host, bound)
+    tls = _LiveTLS(settings.ssl_context) if settings.ssl_context is not None else None
+    server = Server(runner, settings, host, bound, web_config_file, tls)
+    # The web config is re-read with every successful config reload (SIGHUP, /-/reload).
+    daemon.on_jobs_changed.append(server._reload_after_config_reload)
     auth = f", basic auth for {len(settings.users)} user(s)" if settings.users else ""
     log.debug("listening on %s%s", server.url, auth)
     return server
