@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -113,6 +114,11 @@ SERVERSET_STATUS = SERVERSET + "status"
 SERVERSET_SHARD = SERVERSET + "shard"
 
 Layout = Literal["curator", "dubbo", "serverset"]
+
+# kazoo logs every reconnection attempt; sdbridge logs each state change once instead.
+# Its messages go to this logger, which shows only errors unless configured otherwise.
+KAZOO_LOG = logging.getLogger("sdbridge.discovery.zookeeper.kazoo")
+KAZOO_LOG.setLevel(logging.ERROR)
 
 # --- configuration -----------------------------------------------------------------------
 
@@ -628,6 +634,7 @@ def _stop_client(client: KazooClient) -> None:
 def _client_options(config: ZookeeperSDConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "timeout": config.timeout,
+        "logger": KAZOO_LOG,
         # Reconnect forever; sdbridge reports the outage and keeps the last targets.
         "connection_retry": {"max_tries": -1, "delay": 0.2, "backoff": 2, "max_delay": 5.0},
     }
@@ -860,8 +867,8 @@ class _Tree:
 # --- the discoverer ----------------------------------------------------------------------
 
 # Bursts of watch events are batched: wait until they pause this long, at most _BATCH_MAX.
-_BATCH_PAUSE = 0.02
-_BATCH_MAX = 0.2
+_BATCH_PAUSE = 0.005
+_BATCH_MAX = 0.1
 
 
 @register("zookeeper", ZookeeperSDConfig)
