@@ -88,7 +88,8 @@ async def test_job_targets_filter(client: Client, query: str, matched: int) -> N
 
 
 @pytest.mark.parametrize(
-    "params", ["page=0", "page=-3", "page=abc", "per_page=0", "per_page=99999999999"]
+    "params",
+    ["page=0", "page=-3", "page=abc", "per_page=0", "per_page=99999999999", "page=%C2%B2"],
 )
 async def test_job_page_parameters_are_clamped(client: Client, params: str) -> None:
     response = await client.get(f"/api/v1/jobs/web?{params}")

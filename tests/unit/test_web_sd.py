@@ -253,6 +253,8 @@ async def test_shards_partition_the_targets(
         "shard=0&shards=0",
         "shard=0&shards=100000",
         "shard=0&shards=99999999999999999999",
+        "shard=%C2%B2&shards=3",  # a superscript two: a digit to str.isdigit, not to int()
+        "shard=%D9%A1&shards=3",  # an Arabic-Indic one
     ],
 )
 async def test_bad_shard_parameters_are_400(

@@ -172,7 +172,7 @@ def _shard_params(query: dict[str, str]) -> tuple[int, int] | str | None:
         return None
     if shard is None or shards is None:
         return "shard and shards must be given together"
-    if not (shard.isdigit() and shards.isdigit()) or len(shard) > 5 or len(shards) > 5:
+    if not all(v.isascii() and v.isdigit() and len(v) <= 5 for v in (shard, shards)):
         return "shard and shards must be small non-negative integers"
     index, count = int(shard), int(shards)
     if not 1 <= count <= MAX_SHARDS:

@@ -171,6 +171,6 @@ def _ordered(labels: LabelSet) -> LabelSet:
 
 def int_param(value: str | None, default: int) -> int:
     """A query parameter as a bounded int; junk gives the default."""
-    if value is None or not value.isdigit() or len(value) > 9:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 9:
         return default
     return int(value)
