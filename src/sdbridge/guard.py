@@ -1,8 +1,14 @@
 """Mass-deletion guard: a registry glitch must not make a fleet's targets vanish.
 
-When a publish would drop more than ``max_drop_ratio`` of the job's targets, the
-previous snapshot stays. The smaller set is published once the drop has been seen by
-``confirmations`` further syncs in a row, or after ``hold_for``, whichever comes first.
+When an update would remove more than ``max_drop_ratio`` of the published targets (a
+target is removed when its ``__address__`` no longer appears; label changes do not
+count), the previous snapshot stays published and the update is held. The smaller set
+is published once the drop has been confirmed by ``confirmations`` further syncs of the
+mechanisms whose changes made it, in a row, or after ``hold_for``, whichever comes
+first. If a later sync brings the targets back, the hold simply ends.
+
+Only syncs of the mechanisms that caused the drop confirm it: in a job with two
+mechanisms, the healthy one refreshing does not confirm the other one's glitch.
 """
 
 from __future__ import annotations
@@ -13,20 +19,36 @@ from typing import Any
 
 from . import metrics
 from .config import GuardConfig
+from .render import Snapshot
 
 log = logging.getLogger("sdbridge.guard")
 
 
+def removed_targets(previous: Snapshot, proposed: Snapshot) -> int:
+    """How many of ``previous``'s targets have an address that ``proposed`` lacks."""
+    if proposed.target_count == 0:
+        return previous.target_count
+    kept = {entry.key[0] for entry in proposed.entries}
+    return sum(1 for entry in previous.entries if entry.key[0] not in kept)
+
+
 class Guard:
-    """Decides whether a job may publish a snapshot that drops many targets."""
+    """Decides whether a job may publish a snapshot that removes many targets.
+
+    The job calls :meth:`observe_sync` for every sync of a mechanism (``changed``: the
+    sync changed groups) and :meth:`admit` before each publish.
+    """
 
     def __init__(self, config: GuardConfig, *, job: str) -> None:
         self.config = config
         self.job = job
-        self._syncs = 0
+        self._changed_since_publish: set[int] = set()
         self._held_since: float | None = None
-        self._syncs_at_hold = 0
-        self._held_counts: tuple[int, int] | None = None
+        self._suspects: set[int] | None = None  # None: any mechanism's sync confirms
+        self._confirmations = 0
+        self._held_counts: tuple[int, int, int] | None = None  # previous, proposed, removed
+        self.holds = 0
+        self.last_release: str | None = None
         self._holding = metrics.GUARD_HOLDING.labels(job=job)
         self._holds = metrics.GUARD_HOLDS.labels(job=job)
         self._holding.set(0)
@@ -36,9 +58,17 @@ class Guard:
         """Whether an update is being held back now."""
         return self._held_since is not None
 
-    def observe_sync(self) -> None:
-        """Count one completed sync of any mechanism of the job."""
-        self._syncs += 1
+    def observe_sync(self, mechanism: int | None = None, *, changed: bool = True) -> None:
+        """Record one completed sync of mechanism index ``mechanism`` of the job."""
+        if self._held_since is None:
+            if changed and mechanism is not None:
+                self._changed_since_publish.add(mechanism)
+            return
+        if self._suspects is None or mechanism is None or mechanism in self._suspects:
+            self._confirmations += 1
+        elif changed:
+            # Its change is part of what is held now; its later syncs confirm too.
+            self._suspects.add(mechanism)
 
     def seconds_until_release(self) -> float | None:
         """While holding, the time left before ``hold_for`` releases the update."""
@@ -46,59 +76,79 @@ class Guard:
             return None
         return max(0.0, self._held_since + self.config.hold_for - time.monotonic())
 
-    def admit(self, previous: int, proposed: int) -> bool:
-        """Return whether going from ``previous`` to ``proposed`` targets may be published."""
+    def admit(self, previous: Snapshot, proposed: Snapshot) -> bool:
+        """Return whether going from ``previous`` to ``proposed`` may be published now."""
         config = self.config
-        if not config.enabled or previous == 0 or proposed >= previous:
-            self._release(None)
-            return True
-        ratio = (previous - proposed) / previous
+        if not config.enabled or previous.target_count == 0:
+            return self._admitted(None)
+        removed = removed_targets(previous, proposed)
+        ratio = removed / previous.target_count
         if ratio <= config.max_drop_ratio:
-            self._release(None)
-            return True
+            return self._admitted(None)
+        self._held_counts = (previous.target_count, proposed.target_count, removed)
         if self._held_since is None:
-            self._held_since = time.monotonic()
-            self._syncs_at_hold = self._syncs
-            self._held_counts = (previous, proposed)
-            self._holding.set(1)
-            self._holds.inc()
-            log.warning(
-                "holding the previous targets: the update would drop %d of %d (%.0f%%, limit "
-                "%.0f%%); waiting for %d confirming syncs or %gs",
-                previous - proposed,
-                previous,
-                ratio * 100,
-                config.max_drop_ratio * 100,
-                config.confirmations,
-                config.hold_for,
-                extra={"job": self.job},
-            )
+            self._start_hold(previous.target_count, proposed.target_count, removed, ratio)
             return False
-        self._held_counts = (previous, proposed)
-        confirmed = self._syncs - self._syncs_at_hold >= config.confirmations
-        if confirmed or time.monotonic() - self._held_since >= config.hold_for:
-            self._release("confirmed" if confirmed else "hold_for elapsed")
-            return True
+        if self._confirmations >= config.confirmations:
+            return self._admitted(f"confirmed by {self._confirmations} syncs")
+        if time.monotonic() - self._held_since >= config.hold_for:
+            return self._admitted(f"held for {config.hold_for:g}s")
         return False
 
-    def _release(self, reason: str | None) -> None:
+    def _start_hold(self, previous: int, proposed: int, removed: int, ratio: float) -> None:
+        self._held_since = time.monotonic()
+        self._suspects = set(self._changed_since_publish) or None
+        self._confirmations = 0
+        self.holds += 1
+        self._holding.set(1)
+        self._holds.inc()
+        log.warning(
+            "holding the published targets: the update would remove %d of %d targets "
+            "(%.0f%%, more than max_drop_ratio %.0f%%; %d would remain); publishing it after "
+            "%d confirming syncs or %gs",
+            removed,
+            previous,
+            ratio * 100,
+            self.config.max_drop_ratio * 100,
+            proposed,
+            self.config.confirmations,
+            self.config.hold_for,
+            extra={"job": self.job},
+        )
+
+    def _admitted(self, reason: str | None) -> bool:
+        self._changed_since_publish.clear()
         if self._held_since is None:
-            return
+            return True
         if reason is not None:
-            log.warning("releasing the held update (%s)", reason, extra={"job": self.job})
+            log.warning("publishing the held update: %s", reason, extra={"job": self.job})
         else:
-            log.info("the large drop went away; nothing held any more", extra={"job": self.job})
+            log.info(
+                "the large drop went away before it was confirmed; nothing is held now",
+                extra={"job": self.job},
+            )
+        self.last_release = reason or "drop went away"
         self._held_since = None
+        self._suspects = None
         self._held_counts = None
+        self._confirmations = 0
         self._holding.set(0)
+        return True
 
     def status(self) -> dict[str, Any]:
         """The guard's state for the API and UI."""
+        counts = self._held_counts if self.holding else None
         return {
             "enabled": self.config.enabled,
+            "max_drop_ratio": self.config.max_drop_ratio,
+            "confirmations": self.config.confirmations,
+            "hold_for": self.config.hold_for,
             "holding": self.holding,
-            "held_previous": self._held_counts[0] if self._held_counts else None,
-            "held_proposed": self._held_counts[1] if self._held_counts else None,
-            "confirmations_seen": self._syncs - self._syncs_at_hold if self.holding else None,
+            "held_previous": counts[0] if counts else None,
+            "held_proposed": counts[1] if counts else None,
+            "held_removed": counts[2] if counts else None,
+            "confirmations_seen": self._confirmations if self.holding else None,
             "seconds_until_release": self.seconds_until_release(),
+            "holds_total": self.holds,
+            "last_release": self.last_release,
         }

@@ -77,6 +77,13 @@ GUARD_HOLDS = Counter(
     "sdbridge_guard_holds_total", "Updates held back by the mass-deletion guard.", _JOB
 )
 
+# Last-known-good state.
+STATE_LOAD_FAILURES = Counter(
+    "sdbridge_state_load_failures_total",
+    "Last-known-good state files found unreadable or corrupt at start, and ignored.",
+    _JOB,
+)
+
 # Configuration.
 CONFIG_RELOAD_SUCCESS = Gauge(
     "sdbridge_config_last_reload_successful", "Whether the last configuration reload succeeded."
