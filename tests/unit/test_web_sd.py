@@ -379,3 +379,19 @@ async def test_requests_are_counted_by_job_and_code(
     await client.get("/sd/no-such-job")
     assert ok._value.get() == before_ok + 1
     assert unknown._value.get() == before_unknown + 1
+
+
+@given(st.text(max_size=200), st.text(max_size=200))
+def test_header_parsers_never_raise(accept_encoding: str, if_none_match: str) -> None:
+    assert isinstance(accepts_gzip(accept_encoding), bool)
+    assert isinstance(etag_matches(if_none_match, ("abc",)), bool)
+
+
+@given(st.dictionaries(st.sampled_from(["shard", "shards", "x"]), st.text(max_size=12)))
+def test_shard_parameters_are_a_pair_or_a_reason(query: dict[str, str]) -> None:
+    result = sd._shard_params(query)
+    if isinstance(result, tuple):
+        index, count = result
+        assert 0 <= index < count <= sd.MAX_SHARDS
+    else:
+        assert result is None or isinstance(result, str)
