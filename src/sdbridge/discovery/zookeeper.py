@@ -494,7 +494,6 @@ SHAPES: dict[str, _Shape] = {"dubbo": _Dubbo(), "curator": _Curator(), "serverse
 
 # --- the kazoo session, bridged to asyncio -----------------------------------------------
 
-Watcher = Callable[[WatchedEvent], None]
 _Request = tuple[Callable[..., Any], tuple[Any, ...], str]  # method, arguments, description
 # Batches above this many requests are handed to kazoo from a worker thread.
 _SUBMIT_INLINE_MAX = 32

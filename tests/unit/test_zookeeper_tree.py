@@ -1,0 +1,197 @@
+"""The ZooKeeper tree mirror against a fake kazoo client that fires watches like ZooKeeper.
+
+The fake answers only the three reads sdbridge makes (get, get_children, exists); any
+other call fails the test. It records every read, so tests can check what is (not) read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
+
+from sdbridge.discovery.base import DiscoveryContext
+from sdbridge.discovery.zookeeper import SHAPES, _Session, _Tree
+
+
+class FakeResult:
+    def __init__(self, value: Any = None, exception: BaseException | None = None) -> None:
+        self.value, self.exception = value, exception
+
+    def rawlink(self, callback: Callable[[FakeResult], None]) -> None:
+        callback(self)
+
+
+class FakeZooKeeper:
+    """Znodes in a dict; one-shot watches fired as ZooKeeper fires them."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, bytes] = {"/": b""}
+        self.data_watches: dict[str, set[Callable[[WatchedEvent], None]]] = defaultdict(set)
+        self.child_watches: dict[str, set[Callable[[WatchedEvent], None]]] = defaultdict(set)
+        self.reads: list[tuple[str, str]] = []
+
+    def _children(self, path: str) -> list[str]:
+        prefix = "/" if path == "/" else path + "/"
+        return [
+            p[len(prefix) :]
+            for p in self.nodes
+            if p.startswith(prefix) and p != "/" and "/" not in p[len(prefix) :]
+        ]
+
+    def _fire(self, watches: dict[str, set[Any]], path: str, kind: str) -> None:
+        for watcher in watches.pop(path, set()):
+            watcher(WatchedEvent(kind, KeeperState.CONNECTED, path))
+
+    def get_async(self, path: str, watch: Any = None) -> FakeResult:
+        self.reads.append(("get", path))
+        if path not in self.nodes:
+            return FakeResult(exception=NoNodeError())
+        if watch:
+            self.data_watches[path].add(watch)
+        return FakeResult((self.nodes[path], None))
+
+    def get_children_async(self, path: str, watch: Any = None) -> FakeResult:
+        self.reads.append(("children", path))
+        if path not in self.nodes:
+            return FakeResult(exception=NoNodeError())
+        if watch:
+            self.child_watches[path].add(watch)
+        return FakeResult(self._children(path))
+
+    def exists_async(self, path: str, watch: Any = None) -> FakeResult:
+        self.reads.append(("exists", path))
+        if watch:
+            self.data_watches[path].add(watch)
+        return FakeResult(object() if path in self.nodes else None)
+
+    def create(self, path: str, data: bytes = b"") -> None:
+        parent = path.rsplit("/", 1)[0] or "/"
+        if parent not in self.nodes:
+            self.create(parent)
+        self.nodes[path] = data
+        self._fire(self.data_watches, path, EventType.CREATED)
+        self._fire(self.child_watches, parent, EventType.CHILD)
+
+    def set(self, path: str, data: bytes) -> None:
+        self.nodes[path] = data
+        self._fire(self.data_watches, path, EventType.CHANGED)
+
+    def delete(self, path: str) -> None:
+        for child in self._children(path):
+            self.delete(f"{path}/{child}")
+        del self.nodes[path]
+        self._fire(self.data_watches, path, EventType.DELETED)
+        self._fire(self.child_watches, path, EventType.DELETED)
+        self._fire(self.child_watches, path.rsplit("/", 1)[0] or "/", EventType.CHILD)
+
+
+def make_tree(layout: str, roots: list[str]) -> tuple[_Tree, FakeZooKeeper]:
+    fake = FakeZooKeeper()
+    context = DiscoveryContext(job="unit", mechanism="zookeeper")
+    session = _Session.__new__(_Session)  # no real kazoo client
+    session.loop = asyncio.get_running_loop()
+    session.context = context
+    session.hosts = "fake"
+    session.changed = asyncio.Event()
+    session.client = fake
+    return _Tree(session, SHAPES[layout], roots, context), fake
+
+
+async def settle(tree: _Tree) -> bool:
+    """Deliver fired watches and apply them, as the discoverer does."""
+    await asyncio.sleep(0)
+    events, tree.pending = tree.pending, set()
+    return await tree.apply(events)
+
+
+def addresses(tree: _Tree) -> set[str]:
+    return {g.targets[0]["__address__"] for g in tree.groups()}
+
+
+def member(port: int) -> bytes:
+    return json.dumps({"serviceEndpoint": {"host": "127.0.0.1", "port": port}}).encode()
+
+
+def curator(port: int) -> bytes:
+    return json.dumps({"name": "s", "id": str(port), "address": "127.0.0.1", "port": port}).encode()
+
+
+async def test_dubbo_reads_only_providers() -> None:
+    tree, zk = make_tree("dubbo", ["/dubbo"])
+    zk.create("/dubbo/a.B/providers/dubbo%3A%2F%2F127.0.0.1%3A1%2Fa.B")
+    zk.create("/dubbo/a.B/consumers/consumer%3A%2F%2F127.0.0.9%2Fa.B")
+    await tree.resync(watch=True)
+    assert addresses(tree) == {"127.0.0.1:1"}
+    zk.create("/dubbo/a.B/providers/dubbo%3A%2F%2F127.0.0.1%3A2%2Fa.B")
+    zk.create("/dubbo/a.B/consumers/consumer%3A%2F%2F127.0.0.8%2Fa.B")
+    zk.create("/dubbo/c.D/providers/tri%3A%2F%2F127.0.0.1%3A3%2Fc.D")
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}
+    assert not [r for r in zk.reads if "/consumers" in r[1]]
+    assert not [r for r in zk.reads if r[0] == "get"]  # Dubbo keeps nothing in znode data
+    zk.delete("/dubbo/a.B/providers/dubbo%3A%2F%2F127.0.0.1%3A1%2Fa.B")
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:2", "127.0.0.1:3"}
+    zk.delete("/dubbo/c.D")
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:2"}
+
+
+async def test_curator_base_path_absent_then_created_then_deleted() -> None:
+    tree, zk = make_tree("curator", ["/services"])
+    await tree.resync(watch=True)
+    assert tree.groups() == []
+    assert ("exists", "/services") in zk.reads
+    zk.create("/services/web/a", curator(1))
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:1"}
+    zk.set("/services/web/a", curator(2))
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:2"}
+    zk.set("/services/web/a", curator(2))  # same data: nothing changes
+    assert not await settle(tree)
+    zk.delete("/services")
+    assert await settle(tree)
+    assert tree.groups() == []
+    zk.create("/services/api/b", curator(3))
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:3"}
+
+
+async def test_serverset_any_depth_and_bad_data() -> None:
+    tree, zk = make_tree("serverset", ["/ss"])
+    zk.create("/ss/a/member_1", member(1))
+    zk.create("/ss/b/c/member_2", member(2))
+    zk.create("/ss/b/bad", b"{not json")
+    await tree.resync(watch=True)
+    assert addresses(tree) == {"127.0.0.1:1", "127.0.0.1:2"}
+    zk.set("/ss/b/bad", member(3))
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}
+    zk.delete("/ss/b")
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:1"}
+
+
+async def test_resync_reuses_parsed_groups() -> None:
+    tree, zk = make_tree("serverset", ["/ss"])
+    zk.create("/ss/member_1", member(1))
+    await tree.resync(watch=True)
+    before = tree.groups()
+    await tree.resync(watch=True)
+    assert tree.groups()[0] is before[0]
+
+
+async def test_unexpected_calls_fail() -> None:
+    tree, zk = make_tree("curator", ["/services"])
+    with pytest.raises(AttributeError):
+        zk.sync_async("/")  # type: ignore[attr-defined]
+    await tree.resync(watch=False)
+    assert {kind for kind, _ in zk.reads} <= {"get", "children", "exists"}
