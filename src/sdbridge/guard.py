@@ -76,10 +76,10 @@ class Guard:
             return None
         return max(0.0, self._held_since + self.config.hold_for - time.monotonic())
 
-    def admit(self, previous: Snapshot, proposed: Snapshot) -> bool:
+    def admit(self, previous: Snapshot | None, proposed: Snapshot) -> bool:
         """Return whether going from ``previous`` to ``proposed`` may be published now."""
         config = self.config
-        if not config.enabled or previous.target_count == 0:
+        if previous is None or not config.enabled or previous.target_count == 0:
             return self._admitted(None)
         removed = removed_targets(previous, proposed)
         ratio = removed / previous.target_count

@@ -334,7 +334,7 @@ class Job:
         if previous is not None and not previous.stale and previous.body == snapshot.body:
             self._published.set()
             return
-        if previous is not None and not self.guard.admit(previous, snapshot):
+        if not self.guard.admit(previous, snapshot):
             # Re-evaluate on every later sync, and when hold_for runs out.
             self._dirty = True
             wait = self.guard.seconds_until_release()
