@@ -560,3 +560,22 @@ async def test_wrong_field_paths_are_skipped_and_counted(
         assert invalid_count() - before == 2
         assert f"{prefix}b" in caplog.text
         assert "no field 'addr'" in caplog.text
+
+
+async def test_a_bad_write_is_reported_once_not_on_every_poll(
+    tmp_path: Path,
+    etcd: EtcdServer,  # noqa: F811
+) -> None:
+    prefix = f"/{unique()}/"
+    etcd.put(*go_zero_instance(prefix + "svc", 1, "127.0.0.1:8001"))
+    etcd.put(prefix + "svc/2", "not-an-address")
+    before = invalid_count()
+    async with running_job(
+        tmp_path, etcd, prefix=prefix, layout="go-zero", watch=False, refresh_interval="1s"
+    ) as job:
+        await job.wait_addresses("127.0.0.1:8001")
+        status = job.discoverer.context.status
+        await until(lambda: status.refreshes >= 3, what="three polls")
+        assert invalid_count() - before == 1
+        etcd.put(prefix + "svc/2", "still-not-an-address")  # a new bad write: reported
+        await until(lambda: invalid_count() - before == 2, what="the new bad write counted")

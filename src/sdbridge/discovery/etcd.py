@@ -509,6 +509,7 @@ class KeyValue:
     key: bytes
     value: bytes | None
     lease: int = 0
+    mod_revision: int = 0
 
 
 class WatchCompacted(Exception):
@@ -539,6 +540,7 @@ def _kv(raw: dict[str, Any], deleted: bool = False) -> KeyValue:
         key=base64.b64decode(raw.get("key", "")),
         value=None if deleted else base64.b64decode(raw.get("value", "")),
         lease=int(raw.get("lease", 0)),
+        mod_revision=int(raw.get("mod_revision", 0)),
     )
 
 
@@ -740,6 +742,9 @@ class EtcdDiscoverer(RefreshDiscoverer[EtcdSDConfig]):
         self.revision = 0  # the newest revision known, moved by events and progress
         self._list_revision = 0
         self._gateway: Gateway | None = None
+        # Invalid keys already reported, with the revision of the bad value: each bad write
+        # is logged and counted once, not again on every relist or poll.
+        self._reported: dict[str, int] = {}
 
     async def run(self, send: Send) -> None:
         """Watch (or, with ``watch: false``, poll) until cancelled."""
@@ -775,21 +780,32 @@ class EtcdDiscoverer(RefreshDiscoverer[EtcdSDConfig]):
         try:
             key = kv.key.decode("utf-8")
         except UnicodeDecodeError:
-            self.context.record_invalid(f"etcd key {kv.key!r}", "key is not UTF-8")
-            return repr(kv.key), None
+            key = repr(kv.key)
+            self._invalid(key, kv, f"etcd key {kv.key!r}", "key is not UTF-8")
+            return key, None
         if kv.value is None:
+            self._reported.pop(key, None)
             return key, None
         try:
             targets = self.parse(key, kv.value)
-            if not targets:
-                return key, None
             labels = {KEY_LABEL: key, PREFIX_LABEL: self.config.prefix}
             if kv.lease:
                 labels[LEASE_LABEL] = str(kv.lease)
-            return key, TargetGroup(source=key, targets=tuple(targets), labels=labels)
+            group = TargetGroup(source=key, targets=tuple(targets), labels=labels)
         except InvalidTargetError as exc:
-            self.context.record_invalid(f"etcd key {key!r} ({self.config.layout} layout)", exc)
+            self._invalid(key, kv, f"etcd key {key!r} ({self.config.layout} layout)", exc)
             return key, None
+        self._reported.pop(key, None)
+        return key, group if targets else None
+
+    def _invalid(self, key: str, kv: KeyValue, what: str, error: Exception | str) -> None:
+        """Report a bad key once per bad write (its mod_revision)."""
+        if kv.value is None:
+            self._reported.pop(key, None)  # deleted: nothing to report
+            return
+        if self._reported.get(key) != kv.mod_revision or not kv.mod_revision:
+            self._reported[key] = kv.mod_revision
+            self.context.record_invalid(what, error)
 
     async def _watch_loop(self, gateway: Gateway, send: Send) -> None:
         backoff = Backoff(self.initial_backoff, 30.0)
