@@ -500,6 +500,19 @@ async def test_tls(tmp_path: Path, etcd_tls: EtcdServer) -> None:  # noqa: F811
         await job.wait_addresses("127.0.0.1:8001")
         server.put(*go_zero_instance("api.rpc", 2, "127.0.0.1:8002"))
         await job.wait_addresses("127.0.0.1:8001", "127.0.0.1:8002")
+    # server_name: the certificate is checked against another name than the URL's host.
+    tls = {"ca_file": str(ca), "server_name": "localhost"}
+    async with running_job(
+        tmp_path / "named", server, prefix="api.rpc/", layout="go-zero", tls_config=tls
+    ) as job:
+        await job.wait_addresses("127.0.0.1:8001", "127.0.0.1:8002")
+    tls = {"ca_file": str(ca), "server_name": "etcd.example"}
+    async with running_job(
+        tmp_path / "misnamed", server, prefix="api.rpc/", layout="go-zero", tls_config=tls
+    ) as job:
+        status = job.discoverer.context.status
+        await until(lambda: status.failures > 0, what="TLS name mismatch")
+        assert "etcd.example" in (status.last_error or "")
     async with running_job(
         tmp_path / "untrusted", server, prefix="api.rpc/", layout="go-zero"
     ) as job:

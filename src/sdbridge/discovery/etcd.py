@@ -556,6 +556,11 @@ class Gateway:
         self.urls = config.urls()
         self._current = 0
         self._token: str | None = None
+        # tls_config.server_name: the name to verify etcd's certificate against.
+        tls = config.tls_config
+        self._request_options: dict[str, Any] = (
+            {"server_hostname": tls.server_name} if tls is not None and tls.server_name else {}
+        )
 
     @property
     def url(self) -> str:
@@ -586,7 +591,11 @@ class Gateway:
         self.context.count_request()
         try:
             async with self.session.post(
-                url, data=orjson.dumps(body), headers=headers, timeout=timeout
+                url,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=timeout,
+                **self._request_options,
             ) as response:
                 payload = await response.read()
                 status = response.status
@@ -655,7 +664,11 @@ class Gateway:
         self.context.count_request()
         try:
             async with self.session.post(
-                url, data=orjson.dumps(body), headers=headers, timeout=timeout
+                url,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=timeout,
+                **self._request_options,
             ) as response:
                 if response.status != 200:
                     payload = await response.read()
