@@ -35,6 +35,7 @@ from aiohttp import web
 from ..daemon import Daemon
 from ..defaults import reachable_address
 from ..errors import ConfigError, SdbridgeError
+from ..web.auth import AUTH_EXEMPT_KEY
 from .config import RegistryConfig
 from .store import (
     RegistrationError,
@@ -347,6 +348,9 @@ def add_registry_routes(app: web.Application, daemon: Daemon) -> RegistryAPI:
     app.router.add_put(one, put_instance, name="registry-put")
     app.router.add_delete(one, delete_instance, name="registry-delete")
     app.router.add_post(one + "/heartbeat", heartbeat, name="registry-heartbeat")
+    exempt = app.get(AUTH_EXEMPT_KEY)
+    if exempt is not None:
+        exempt.append(authorizes_itself)  # token-guarded writes skip basic auth
 
     async def startup(_: web.Application) -> None:
         api.write_token()  # a missing or empty token file fails the start, clearly

@@ -320,15 +320,17 @@ class Store:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
-        with contextlib.suppress(Exception):
-            await self._call(self._close_db)
+        try:
+            await self._call(self._close_db, closing=True)
+        except Exception:
+            log.exception("error closing registry database %s", self.path)
         await self._shutdown_executor()
 
     async def _shutdown_executor(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._closed and fn is not self._close_db:
+    async def _call(self, fn: Callable[..., T], *args: Any, closing: bool = False) -> T:
+        if self._closed and not closing:
             raise BackendError(f"registry database {self.path} is closed")
         loop = asyncio.get_running_loop()
         # Shielded: a cancelled request must not leave memory behind the database.
@@ -464,7 +466,7 @@ class Store:
     # --- expiry ---------------------------------------------------------------------
 
     async def _expiry_loop(self) -> None:
-        while True:
+        while not self._closed:
             self._wake.clear()
             now = time.time()
             due: list[Key] = []

@@ -1,0 +1,316 @@
+"""The registry store: persistence, TTL expiry, notifications, validation; and the mechanism."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sdbridge.discovery.base import DiscoveryContext
+from sdbridge.discovery.registry import (
+    INSTANCE_LABEL,
+    SERVICE_LABEL,
+    RegistryDiscoverer,
+    RegistrySDConfig,
+)
+from sdbridge.errors import BackendError
+from sdbridge.model import TargetGroup, is_valid_label_name
+from sdbridge.registry.store import (
+    RegistrationError,
+    Store,
+    acquire_store,
+    check_address,
+    check_instance,
+    check_labels,
+    check_service,
+    check_ttl,
+    db_path,
+    release_store,
+    shared_store,
+)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(db_path(tmp_path))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    """Poll ``check`` (plain or async) on the event loop until true; fail after 10s."""
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+# --- store ---------------------------------------------------------------------------------
+
+
+async def test_put_get_delete(store: Store) -> None:
+    instance, created = await store.put("web", "a", "127.0.0.1:80", {"env": "dev"}, 30)
+    assert created
+    assert instance.expires_at == pytest.approx(time.time() + 30, abs=2)
+    again, created = await store.put("web", "a", "127.0.0.1:81", {}, 30)
+    assert not created
+    assert again.registered_at == instance.registered_at
+    assert [i.address for i in store.instances("web")] == ["127.0.0.1:81"]
+    assert store.instances("other") == []
+    assert await store.delete("web", "a")
+    assert not await store.delete("web", "a")
+    assert store.get(("web", "a")) is None
+
+
+async def test_registrations_survive_reopen_and_ttl_keeps_counting(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    store = await Store.open(path)
+    kept, _ = await store.put("web", "long", "127.0.0.1:80", {"a": "b"}, 3600)
+    await store.put("web", "short", "127.0.0.2:80", {}, 1)
+    await store.close()
+
+    # While "sdbridge" is stopped, the short ttl runs out; the long one keeps its expiry.
+    await asyncio.sleep(1.2)
+    reopened = await Store.open(path)
+    try:
+        assert [i.instance for i in reopened.instances()] == ["long"]
+        survivor = reopened.get(("web", "long"))
+        assert survivor is not None
+        assert survivor.expires_at == kept.expires_at  # absolute: not reset by the restart
+        assert survivor.labels == {"a": "b"}
+    finally:
+        await reopened.close()
+    # And the expired row is gone from the database itself.
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT instance FROM instances").fetchall() == [("long",)]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_expiry_removes_and_notifies(store: Store) -> None:
+    seen: list[set[tuple[str, str]]] = []
+    with store.subscribe(seen.append):
+        await store.put("web", "a", "127.0.0.1:80", {}, 0.3)
+        await store.put("web", "b", "127.0.0.2:80", {}, 60)
+        await eventually(lambda: store.get(("web", "a")) is None, "expiry")
+    assert seen == [{("web", "a")}, {("web", "b")}, {("web", "a")}]
+    assert store.get(("web", "b")) is not None
+
+
+async def test_heartbeat_renews_and_does_not_notify(store: Store) -> None:
+    seen: list[set[tuple[str, str]]] = []
+    first, _ = await store.put("web", "a", "127.0.0.1:80", {}, 0.5)
+    with store.subscribe(seen.append):
+        for _ in range(6):  # 0.6s in all: the instance outlives its first ttl
+            await asyncio.sleep(0.1)
+            renewed = await store.heartbeat("web", "a")
+            assert renewed is not None
+        # Re-registering the same target only renews, too.
+        await store.put("web", "a", "127.0.0.1:80", {}, 0.5)
+    assert store.get(("web", "a")) is not None
+    assert renewed.expires_at > first.expires_at
+    assert seen == []
+    assert await store.heartbeat("web", "unknown") is None
+
+
+async def test_changed_labels_notify(store: Store) -> None:
+    seen: list[set[tuple[str, str]]] = []
+    await store.put("web", "a", "127.0.0.1:80", {"v": "1"}, 60)
+    with store.subscribe(seen.append):
+        await store.put("web", "a", "127.0.0.1:80", {"v": "2"}, 60)
+    assert seen == [{("web", "a")}]
+
+
+async def test_second_process_is_locked_out(store: Store) -> None:
+    with pytest.raises(BackendError, match="in use by another sdbridge"):
+        await Store.open(store.path)
+
+
+async def test_unopenable_database_is_a_backend_error(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    path.write_bytes(b"this is not a sqlite database, not at all" * 100)
+    with pytest.raises(BackendError, match="cannot open registry database"):
+        await Store.open(path)
+
+
+async def test_shared_store_is_shared_and_closed_by_last_user(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    one, two = await asyncio.gather(acquire_store(path), acquire_store(path))
+    assert one is two
+    await release_store(one)
+    await one.put("web", "a", "127.0.0.1:80", {}, 60)  # still open for the other user
+    await release_store(two)
+    async with shared_store(path) as three:
+        assert three is not one
+        assert three.get(("web", "a")) is not None
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        None,
+        "",
+        5,
+        "127.0.0.1",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "http://h:80",
+        "h :80",
+        "x" * 300 + ":80",
+    ],
+)
+def test_invalid_addresses(address: object) -> None:
+    with pytest.raises(RegistrationError) as info:
+        check_address(address)
+    assert info.value.field == "address"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9100", "[::1]:80", "db-1.example:5432"])
+def test_valid_addresses(address: str) -> None:
+    assert check_address(address) == address
+
+
+@pytest.mark.parametrize(
+    ("labels", "field"),
+    [
+        ({"a-b": "x"}, "labels.a-b"),
+        ({"1a": "x"}, "labels.1a"),
+        ({"": "x"}, "labels."),
+        ({"__meta_registry_service": "spoof"}, "labels.__meta_registry_service"),
+        ({"__address__": "127.0.0.1:1"}, "labels.__address__"),
+        ({"a": 1}, "labels.a"),
+        ({"a": "x" * 5000}, "labels.a"),
+        ({f"l{i}": "x" for i in range(65)}, "labels"),
+        (["a"], "labels"),
+    ],
+)
+def test_invalid_labels(labels: object, field: str) -> None:
+    with pytest.raises(RegistrationError) as info:
+        check_labels(labels)
+    assert info.value.field == field
+
+
+def test_scrape_labels_are_allowed() -> None:
+    labels = {"__metrics_path__": "/m", "__scheme__": "https", "__param_module": "x", "env": ""}
+    assert check_labels(labels) == labels
+
+
+@given(st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=5))
+def test_labels_accepted_only_if_prometheus_accepts_them(labels: dict[str, str]) -> None:
+    try:
+        check_labels(labels)
+    except RegistrationError:
+        assert any(not is_valid_label_name(n) or n.startswith("__") for n in labels)
+    else:
+        assert all(is_valid_label_name(n) and not n.startswith("__") for n in labels)
+
+
+@pytest.mark.parametrize(
+    "ttl", ["0s", "0", -5, 0.5, "2d", 1e300, float("nan"), "soon", True, [1], {}]
+)
+def test_absurd_ttls(ttl: object) -> None:
+    with pytest.raises(RegistrationError) as info:
+        check_ttl(ttl, default=30, minimum=1, maximum=86400)
+    assert info.value.field == "ttl"
+
+
+@pytest.mark.parametrize(("ttl", "seconds"), [(None, 30), ("1m30s", 90), (10, 10), (2.5, 2.5)])
+def test_ttls(ttl: object, seconds: float) -> None:
+    assert check_ttl(ttl, default=30, minimum=1, maximum=86400) == seconds
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "-a", "a/b", "a b", "x" * 129, "é"])
+def test_invalid_service_names(name: str) -> None:
+    with pytest.raises(RegistrationError):
+        check_service(name)
+
+
+@pytest.mark.parametrize("name", ["", "..", "a/b", "x" * 201])
+def test_invalid_instance_ids(name: str) -> None:
+    with pytest.raises(RegistrationError):
+        check_instance(name)
+
+
+def test_instance_ids_may_be_addresses() -> None:
+    assert check_instance("127.0.0.1:9100") == "127.0.0.1:9100"
+    assert check_instance("[::1]:9100") == "[::1]:9100"
+
+
+# --- the mechanism ------------------------------------------------------------------------------
+
+
+async def run_mechanism(
+    data_dir: Path, config: RegistrySDConfig
+) -> tuple[asyncio.Task[None], asyncio.Queue[list[TargetGroup]]]:
+    sent: asyncio.Queue[list[TargetGroup]] = asyncio.Queue()
+
+    async def send(groups: list[TargetGroup]) -> None:
+        await sent.put(groups)
+
+    context = DiscoveryContext(job="j", mechanism="registry", data_dir=data_dir)
+    task = asyncio.create_task(RegistryDiscoverer(config, context).run(send))
+    return task, sent
+
+
+async def test_mechanism_sends_full_set_then_changed_sources(tmp_path: Path) -> None:
+    async with shared_store(db_path(tmp_path)) as store:
+        await store.put("web", "a", "127.0.0.1:80", {"env": "dev"}, 60)
+        await store.put("db", "x", "127.0.0.9:5432", {}, 60)
+        task, sent = await run_mechanism(tmp_path, RegistrySDConfig(services=["web"]))
+        try:
+            first = await asyncio.wait_for(sent.get(), 5)
+            assert first == [
+                TargetGroup(
+                    source="web/a",
+                    targets=({"__address__": "127.0.0.1:80"},),
+                    labels={"env": "dev", SERVICE_LABEL: "web", INSTANCE_LABEL: "a"},
+                )
+            ]
+            await store.put("db", "y", "127.0.0.8:5432", {}, 60)  # filtered out: no send
+            await store.put("web", "b", "127.0.0.2:80", {}, 60)
+            assert [g.source for g in await asyncio.wait_for(sent.get(), 5)] == ["web/b"]
+            await store.heartbeat("web", "a")  # no change: no send
+            await store.delete("web", "a")
+            removed = await asyncio.wait_for(sent.get(), 5)
+            assert removed == [TargetGroup(source="web/a")]
+            assert sent.empty()
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def test_mechanism_batches_a_burst(tmp_path: Path) -> None:
+    async with shared_store(db_path(tmp_path)) as store:
+        task, sent = await run_mechanism(tmp_path, RegistrySDConfig())
+        try:
+            assert await asyncio.wait_for(sent.get(), 5) == []
+            await asyncio.gather(
+                *(store.put("web", f"i{n}", f"127.0.0.{n + 1}:80", {}, 60) for n in range(50))
+            )
+            received: set[str] = set()
+            while len(received) < 50:
+                received.update(g.source for g in await asyncio.wait_for(sent.get(), 5))
+            assert received == {f"web/i{n}" for n in range(50)}
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
