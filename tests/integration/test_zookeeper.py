@@ -29,6 +29,7 @@ from sdbridge.job import Job
 from sdbridge.render import Snapshot
 from tests.servers import zookeeper as zookeeper_servers
 from tests.servers.common import free_port
+from tests.servers.tls import self_signed
 from tests.servers.zookeeper import ZooKeeperServer, four_letter_word
 
 pytestmark = pytest.mark.zookeeper
@@ -700,3 +701,20 @@ async def test_digest_auth_reads_protected_znodes(
     finally:
         await asyncio.to_thread(owner.stop)
         owner.close()
+
+
+async def test_tls(tmp_path: Path) -> None:
+    cert = self_signed(tmp_path)
+    with zookeeper_servers.zookeeper_server(tls=cert) as server:
+        writer = KazooClient(hosts=server.hosts)
+        await asyncio.to_thread(writer.start, 30)
+        try:
+            writer.create("/ss/member_1", serverset_member("127.0.0.1", 6), makepath=True)
+        finally:
+            await asyncio.to_thread(writer.stop)
+            writer.close()
+        tls = {"ca_file": str(cert.cert)}
+        async with running(
+            tmp_path, server.secure_hosts, layout="serverset", paths=["/ss"], tls_config=tls
+        ) as run:
+            await run.addresses("127.0.0.1:6")

@@ -21,10 +21,16 @@ from pathlib import Path
 import pytest
 
 from .common import ManagedProcess, free_port, require_binary, wait_until
+from .tls import SelfSigned
 
 ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
-# zookeeper.jar's manifest lists its dependencies; slf4j-simple gives it a log to read.
-SLF4J_SIMPLE_JAR = "/usr/share/java/slf4j-simple.jar"
+# zookeeper.jar's manifest lists its dependencies; slf4j-simple gives it a log to read, and
+# the Netty connection factory (needed for TLS) also needs two jars the manifest misses.
+EXTRA_JARS = (
+    "/usr/share/java/slf4j-simple.jar",
+    "/usr/share/java/netty-codec.jar",
+    "/usr/share/java/netty-resolver.jar",
+)
 MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
 
 
@@ -41,7 +47,9 @@ def four_letter_word(port: int, word: str, timeout: float = 2.0) -> str:
 class ZooKeeperServer:
     """A standalone ZooKeeper on 127.0.0.1 that can be stopped and started again."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, port: int | None = None, tls: SelfSigned | None = None
+    ) -> None:
         self.java = require_binary("java")
         if not os.path.exists(ZOOKEEPER_JAR):
             pytest.fail(f"{ZOOKEEPER_JAR} is missing; run scripts/install-system-deps")
@@ -64,12 +72,38 @@ class ZooKeeperServer:
                     "4lw.commands.whitelist=ruok,srvr,mntr,cons,wchs",
                     "maxClientCnxns=0",
                     "snapCount=100000",
+                    *self._tls_lines(tls),
                     "",
                 ]
             )
         )
         self.process: ManagedProcess | None = None
         self.starts = 0
+
+    def _tls_lines(self, tls: SelfSigned | None) -> list[str]:
+        """A TLS port next to the plain one (which stays, for ``ruok``), PEM key material."""
+        self.secure_port: int | None = None
+        if tls is None:
+            return []
+        self.secure_port = free_port()
+        keystore = self.workdir / "keystore.pem"  # ZooKeeper's PEM keystore: key, then cert
+        keystore.write_bytes(tls.key.read_bytes() + tls.cert.read_bytes())
+        return [
+            f"secureClientPort={self.secure_port}",
+            "secureClientPortAddress=127.0.0.1",
+            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+            f"ssl.keyStore.location={keystore}",
+            "ssl.keyStore.type=PEM",
+            f"ssl.trustStore.location={tls.cert}",
+            "ssl.trustStore.type=PEM",
+            "ssl.clientAuth=none",
+        ]
+
+    @property
+    def secure_hosts(self) -> str:
+        """The connect string of the TLS port."""
+        assert self.secure_port is not None, "started without tls"
+        return f"127.0.0.1:{self.secure_port}"
 
     @property
     def hosts(self) -> str:
@@ -79,9 +113,7 @@ class ZooKeeperServer:
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and wait until it answers ``ruok``."""
         assert self.process is None or not self.process.alive(), "already running"
-        classpath = ZOOKEEPER_JAR
-        if os.path.exists(SLF4J_SIMPLE_JAR):
-            classpath += f":{SLF4J_SIMPLE_JAR}"
+        classpath = ":".join([ZOOKEEPER_JAR, *(j for j in EXTRA_JARS if os.path.exists(j))])
         argv = [
             self.java,
             "-Xmx128m",
@@ -125,10 +157,10 @@ class ZooKeeperServer:
 
 
 @contextlib.contextmanager
-def zookeeper_server() -> Iterator[ZooKeeperServer]:
+def zookeeper_server(*, tls: SelfSigned | None = None) -> Iterator[ZooKeeperServer]:
     """A running server in a temporary directory, removed afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix="sdbridge-zk-"))
-    server = ZooKeeperServer(workdir)
+    server = ZooKeeperServer(workdir, tls=tls)
     try:
         server.start()
         yield server
