@@ -2,8 +2,8 @@
 
 Every target becomes its own group carrying its merged labels, because file_sd and
 http_sd carry labels only at group level. Entries are sorted by ``__address__``, then
-by labels, keys are sorted, and empty label values (the same as absent, to
-Prometheus) are dropped, so equal target sets always render to equal bytes.
+by their labels (as canonical, key-sorted JSON), keys are sorted, and empty label
+values (the same as absent, to Prometheus) are dropped, so equal target sets always render to equal bytes.
 Each entry is serialized once, when its group arrives; a publish only sorts and joins.
 """
 
@@ -19,7 +19,10 @@ import yaml
 
 from .model import ADDRESS_LABEL, LabelSet
 
-SortKey = tuple[str, tuple[tuple[str, str], ...]]
+SortKey = tuple[str, bytes]
+"""``(address, the entry's JSON)``: by address, then by the labels' canonical JSON."""
+
+_SORT_KEYS = orjson.OPT_SORT_KEYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +36,27 @@ class Entry:
 
 def make_entry(labels: LabelSet) -> Entry:
     """Render one target's full label set (with ``__address__``) into an entry."""
-    clean = {k: v for k, v in labels.items() if v != ""}
-    address = clean[ADDRESS_LABEL]
-    group_labels = {k: clean[k] for k in sorted(clean) if k != ADDRESS_LABEL}
-    body = orjson.dumps({"labels": group_labels, "targets": [address]})
-    return Entry((address, tuple(group_labels.items())), clean, body)
+    # Hot path (once per target per change): C-level dict operations only.
+    has_empty = "" in labels.values()
+    clean = {k: v for k, v in labels.items() if v != ""} if has_empty else dict(labels)
+    group_labels = dict(clean)
+    address = group_labels.pop(ADDRESS_LABEL)
+    # orjson returns bytes with its whole (4 KiB or more) buffer still allocated; a copy of
+    # the exact size keeps a job of 100,000 entries from holding ~10x the memory it needs.
+    body = b"%b" % orjson.dumps({"labels": group_labels, "targets": [address]}, option=_SORT_KEYS)
+    # The JSON starts with the sorted labels, so it orders equal addresses by label set.
+    return Entry((address, body), clean, body)
 
 
 def render_json(entries: Iterable[Entry], *, pretty: bool = False) -> bytes:
     """The file_sd JSON document of already sorted, deduplicated entries."""
-    body = b"[" + b",".join(e.json for e in entries) + b"]"
+    parts = [e.json for e in entries]
+    if not parts:
+        return b"[]\n" if pretty else b"[]"
+    # Brackets go on the ends of the parts, so the document is built in one copy.
+    parts[0] = b"[" + parts[0]
+    parts[-1] = parts[-1] + b"]"
+    body = b",".join(parts)
     if pretty:
         return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n"
     return body

@@ -58,8 +58,8 @@ def test_every_target_is_its_own_group_with_all_its_labels(
     unique = {orjson.dumps(expected(t), option=orjson.OPT_SORT_KEYS) for t in target_list}
     assert len(decoded) == len(unique)
     assert {orjson.dumps(d, option=orjson.OPT_SORT_KEYS) for d in decoded} == unique
-    # Sorted by address, then labels; keys sorted.
-    keys = [(d["targets"][0], sorted(d["labels"].items())) for d in decoded]
+    # Sorted by address, then by the labels' canonical (sorted-key) JSON; keys sorted.
+    keys = [(d["targets"][0], orjson.dumps(d, option=orjson.OPT_SORT_KEYS)) for d in decoded]
     assert keys == sorted(keys)
     for d in decoded:
         assert list(d["labels"]) == sorted(d["labels"])
