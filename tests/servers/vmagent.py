@@ -4,12 +4,15 @@ vmagent runs on 127.0.0.1 on a free port and reports every target's discovered l
 in ``/api/v1/targets`` (``-promscrape.dropOriginalLabels=false``). Its targets never
 get scraped in practice: the scrape interval is a day, and relabeling points
 ``__address__`` at ``127.0.0.1:1`` (nothing listens there), keeping the discovered
-address in ``instance`` so targets stay distinct. Remote write goes to a closed port.
+address in ``instance`` so targets stay distinct. vmagent keeps the discovered labels
+it saw first for as long as a target's relabeled labels stay the same, so the meta labels
+are mapped into the target labels too. Remote write goes to a closed port.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,32 @@ import yaml
 from .common import ManagedProcess, free_port, http_ok, require_binary, wait_until
 
 # Keeps targets distinct (instance) but makes a scrape, should one happen, go nowhere.
+# vmagent keeps a target's first discovered labels while its relabeled labels stay the
+# same, so every meta label is copied into the target's labels: any change is then seen.
 NO_SCRAPE_RELABEL = [
+    {"action": "labelmap", "regex": "__meta_(.+)", "replacement": "m_$1"},
     {"source_labels": ["__address__"], "target_label": "instance"},
     {"target_label": "__address__", "replacement": "127.0.0.1:1"},
 ]
+
+
+_GO_ESCAPE = re.compile(r"\\(U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_GO_ONLY = {"a": "\\u0007", "v": "\\u000b", "'": "'"}
+
+
+def go_quoted_to_json(text: str) -> str:
+    """Make vmagent 1.79's label JSON valid: it writes labels with Go's ``%q``, whose
+    ``\\UXXXXXXXX``, ``\\xXX``, ``\\a`` and ``\\v`` escapes are not JSON."""
+
+    def fix(match: re.Match[str]) -> str:
+        escape = match[1]
+        if escape[0] == "U":
+            return json.dumps(chr(int(escape[1:], 16)))[1:-1]
+        if escape[0] == "x" and len(escape) == 3:
+            return f"\\u00{escape[1:]}"
+        return _GO_ONLY.get(escape, match[0])
+
+    return _GO_ESCAPE.sub(fix, text)
 
 
 class VMAgent:
@@ -82,7 +107,7 @@ class VMAgent:
     def targets(self, job: str | None = None) -> list[dict[str, str]]:
         """The discovered labels of every active target (of ``job`` if given)."""
         with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=30) as response:
-            body = json.load(response)
+            body = json.loads(go_quoted_to_json(response.read().decode("utf-8")))
         assert body["status"] == "success", body
         result = []
         for target in body["data"]["activeTargets"]:
