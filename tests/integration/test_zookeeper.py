@@ -256,6 +256,16 @@ def zk(zookeeper: ZooKeeperServer) -> Iterator[KazooClient]:
         client.close()
 
 
+@pytest.fixture(params=[True, False], ids=["persistent", "one-shot"])
+def persistent(request: pytest.FixtureRequest) -> bool:
+    """Run the test with persistent recursive watches, and with one-shot watches."""
+    return bool(request.param)
+
+
+def check_mode(run: Running, persistent: bool) -> None:
+    assert run.discoverer.watch_mode == ("persistent" if persistent else "one-shot")
+
+
 @pytest.fixture
 def base() -> str:
     """A znode prefix of this test's own."""
@@ -275,6 +285,7 @@ async def test_curator_register_update_deregister(
     zookeeper: ZooKeeperServer,
     zk: KazooClient,
     base: str,
+    persistent: bool,
 ) -> None:
     root = f"{base}/services"
     zk.create(
@@ -282,8 +293,11 @@ async def test_curator_register_update_deregister(
         curator_instance("web", "a1", "127.0.0.1", 8080, payload=spring_cloud_payload("web", "a1")),
         makepath=True,
     )
-    async with running(tmp_path, zookeeper.hosts, layout="curator", paths=[root]) as run:
+    async with running(
+        tmp_path, zookeeper.hosts, layout="curator", paths=[root], persistent_watches=persistent
+    ) as run:
         targets = await run.addresses("127.0.0.1:8080")
+        check_mode(run, persistent)
         assert targets["127.0.0.1:8080"] == {
             "__meta_zookeeper_path": f"{root}/web/a1",
             "__meta_zookeeper_curator_name": "web",
@@ -330,6 +344,7 @@ async def test_dubbo_register_update_deregister(
     zookeeper: ZooKeeperServer,
     zk: KazooClient,
     base: str,
+    persistent: bool,
 ) -> None:
     root = f"{base}/dubbo"
     iface = "org.apache.dubbo.demo.DemoService"
@@ -342,8 +357,11 @@ async def test_dubbo_register_update_deregister(
     zk.create(
         f"{root}/{iface}/consumers/{java_url_encode(consumer)}", ephemeral=True, makepath=True
     )
-    async with running(tmp_path, zookeeper.hosts, layout="dubbo", paths=[root]) as run:
+    async with running(
+        tmp_path, zookeeper.hosts, layout="dubbo", paths=[root], persistent_watches=persistent
+    ) as run:
         targets = await run.addresses("127.0.0.1:20880")
+        check_mode(run, persistent)
         labels = targets["127.0.0.1:20880"]
         assert labels["__meta_zookeeper_path"] == dubbo_provider_path(root, iface, url1)
         assert labels["__meta_zookeeper_dubbo_protocol"] == "dubbo"
@@ -381,6 +399,7 @@ async def test_serverset_register_update_deregister(
     zookeeper: ZooKeeperServer,
     zk: KazooClient,
     base: str,
+    persistent: bool,
 ) -> None:
     path = f"{base}/aurora/prod/web"
     zk.ensure_path(path)
@@ -390,8 +409,11 @@ async def test_serverset_register_update_deregister(
         ephemeral=True,
         sequence=True,
     )
-    async with running(tmp_path, zookeeper.hosts, layout="serverset", paths=[path]) as run:
+    async with running(
+        tmp_path, zookeeper.hosts, layout="serverset", paths=[path], persistent_watches=persistent
+    ) as run:
         targets = await run.addresses("127.0.0.1:8080")
+        check_mode(run, persistent)
         assert targets["127.0.0.1:8080"] == {
             "__meta_serverset_path": first,
             "__meta_serverset_endpoint_host": "127.0.0.1",
@@ -426,10 +448,14 @@ async def test_base_path_created_later_is_followed(
     zookeeper: ZooKeeperServer,
     zk: KazooClient,
     base: str,
+    persistent: bool,
 ) -> None:
     root = f"{base}/services"
-    async with running(tmp_path, zookeeper.hosts, layout="curator", paths=[root]) as run:
+    async with running(
+        tmp_path, zookeeper.hosts, layout="curator", paths=[root], persistent_watches=persistent
+    ) as run:
         await run.until(lambda t: run.file.exists() and t == {}, "an empty first sync")
+        check_mode(run, persistent)
         zk.create(f"{root}/web/a", curator_instance("web", "a", "127.0.0.1", 80), makepath=True)
         await run.addresses("127.0.0.1:80")
         zk.delete(root, recursive=True)
@@ -561,6 +587,7 @@ async def test_zookeeper_restart_loses_no_target(
     zookeeper: ZooKeeperServer,
     zk: KazooClient,
     base: str,
+    persistent: bool,
 ) -> None:
     root = f"{base}/services"
     for i in range(5):
@@ -570,9 +597,15 @@ async def test_zookeeper_restart_loses_no_target(
             makepath=True,
         )
     async with running(
-        tmp_path, zookeeper.hosts, layout="curator", paths=[root], timeout="20s"
+        tmp_path,
+        zookeeper.hosts,
+        layout="curator",
+        paths=[root],
+        timeout="20s",
+        persistent_watches=persistent,
     ) as run:
         await run.until(lambda t: len(t) == 5, "5 targets")
+        check_mode(run, persistent)
         before = run.file.read_bytes()
         zookeeper.stop(kill=True)
         # The mechanism notices the outage and keeps what it has.
@@ -598,13 +631,17 @@ async def test_session_expiry_resyncs_without_loss(
     zookeeper: ZooKeeperServer,
     zk: KazooClient,
     base: str,
+    persistent: bool,
 ) -> None:
     root = f"{base}/dubbo"
     iface = "com.example.Expiring"
     for port in (1, 2, 3):
         zk.create(dubbo_provider_path(root, iface, dubbo_provider_url(iface, port)), makepath=True)
-    async with running(tmp_path, zookeeper.hosts, layout="dubbo", paths=[root]) as run:
+    async with running(
+        tmp_path, zookeeper.hosts, layout="dubbo", paths=[root], persistent_watches=persistent
+    ) as run:
         await run.until(lambda t: len(t) == 3, "3 targets")
+        check_mode(run, persistent)
         client = run.discoverer.client
         assert client is not None
         session_id, password = client.client_id
@@ -650,7 +687,7 @@ async def test_unreachable_server_is_reported_and_nothing_is_published(tmp_path:
 
 
 async def test_provider_session_end_deregisters(
-    tmp_path: Path, zookeeper: ZooKeeperServer, zk: KazooClient, base: str
+    tmp_path: Path, zookeeper: ZooKeeperServer, zk: KazooClient, base: str, persistent: bool
 ) -> None:
     root = f"{base}/dubbo"
     iface = "com.example.Ephemeral"
@@ -659,8 +696,11 @@ async def test_provider_session_end_deregisters(
     await asyncio.to_thread(provider.start, 30)
     provider.create(dubbo_provider_path(root, iface, dubbo_provider_url(iface, 7)), ephemeral=True)
     zk.create(dubbo_provider_path(root, iface, dubbo_provider_url(iface, 8)))
-    async with running(tmp_path, zookeeper.hosts, layout="dubbo", paths=[root]) as run:
+    async with running(
+        tmp_path, zookeeper.hosts, layout="dubbo", paths=[root], persistent_watches=persistent
+    ) as run:
         await run.addresses("127.0.0.1:7", "127.0.0.1:8")
+        check_mode(run, persistent)
         # The provider process ends: ZooKeeper removes its ephemeral znode.
         await asyncio.to_thread(provider.stop)
         provider.close()

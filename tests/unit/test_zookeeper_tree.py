@@ -36,6 +36,20 @@ class FakeZooKeeper:
         self.data_watches: dict[str, set[Callable[[WatchedEvent], None]]] = defaultdict(set)
         self.child_watches: dict[str, set[Callable[[WatchedEvent], None]]] = defaultdict(set)
         self.reads: list[tuple[str, str]] = []
+        self.recursive_watches: set[str] = set()
+        self.sink: Callable[[int, str], None] | None = None
+
+    def add_watch(self, path: str) -> FakeResult:
+        """``addWatch(path, PERSISTENT_RECURSIVE)``."""
+        self.reads.append(("addWatch", path))
+        self.recursive_watches.add(path)
+        return FakeResult(True)
+
+    def _fire_recursive(self, event_type: int, path: str) -> None:
+        if self.sink is not None and any(
+            path == w or path.startswith(w.rstrip("/") + "/") for w in self.recursive_watches
+        ):
+            self.sink(event_type, path)
 
     def _children(self, path: str) -> list[str]:
         prefix = "/" if path == "/" else path + "/"
@@ -78,10 +92,12 @@ class FakeZooKeeper:
         self.nodes[path] = data
         self._fire(self.data_watches, path, EventType.CREATED)
         self._fire(self.child_watches, parent, EventType.CHILD)
+        self._fire_recursive(1, path)
 
     def set(self, path: str, data: bytes) -> None:
         self.nodes[path] = data
         self._fire(self.data_watches, path, EventType.CHANGED)
+        self._fire_recursive(3, path)
 
     def delete(self, path: str) -> None:
         for child in self._children(path):
@@ -90,9 +106,17 @@ class FakeZooKeeper:
         self._fire(self.data_watches, path, EventType.DELETED)
         self._fire(self.child_watches, path, EventType.DELETED)
         self._fire(self.child_watches, path.rsplit("/", 1)[0] or "/", EventType.CHILD)
+        self._fire_recursive(2, path)
 
 
-def make_tree(layout: str, roots: list[str]) -> tuple[_Tree, FakeZooKeeper]:
+@pytest.fixture(params=[False, True], ids=["one-shot", "persistent"])
+def persistent(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def make_tree(
+    layout: str, roots: list[str], persistent: bool = False
+) -> tuple[_Tree, FakeZooKeeper]:
     fake = FakeZooKeeper()
     context = DiscoveryContext(job="unit", mechanism="zookeeper")
     session = _Session.__new__(_Session)  # no real kazoo client
@@ -101,14 +125,19 @@ def make_tree(layout: str, roots: list[str]) -> tuple[_Tree, FakeZooKeeper]:
     session.hosts = "fake"
     session.changed = asyncio.Event()
     session.client = fake
-    return _Tree(session, SHAPES[layout], roots, context), fake
+    session.persistent = persistent
+    session.event_sink = None
+    session.add_watch = fake.add_watch  # type: ignore[method-assign]
+    tree = _Tree(session, SHAPES[layout], roots, context)
+    fake.sink = session.event_sink
+    return tree, fake
 
 
 async def settle(tree: _Tree) -> bool:
     """Deliver fired watches and apply them, as the discoverer does."""
     await asyncio.sleep(0)
-    events, tree.pending = tree.pending, set()
-    return await tree.apply(events)
+    events = tree.take_pending()
+    return await tree.apply(events) if events is not None else False
 
 
 def addresses(tree: _Tree) -> set[str]:
@@ -123,8 +152,8 @@ def curator(port: int) -> bytes:
     return json.dumps({"name": "s", "id": str(port), "address": "127.0.0.1", "port": port}).encode()
 
 
-async def test_dubbo_reads_only_providers() -> None:
-    tree, zk = make_tree("dubbo", ["/dubbo"])
+async def test_dubbo_reads_only_providers(persistent: bool) -> None:
+    tree, zk = make_tree("dubbo", ["/dubbo"], persistent)
     zk.create("/dubbo/a.B/providers/dubbo%3A%2F%2F127.0.0.1%3A1%2Fa.B")
     zk.create("/dubbo/a.B/consumers/consumer%3A%2F%2F127.0.0.9%2Fa.B")
     await tree.resync(watch=True)
@@ -144,11 +173,11 @@ async def test_dubbo_reads_only_providers() -> None:
     assert addresses(tree) == {"127.0.0.1:2"}
 
 
-async def test_curator_base_path_absent_then_created_then_deleted() -> None:
-    tree, zk = make_tree("curator", ["/services"])
+async def test_curator_base_path_absent_then_created_then_deleted(persistent: bool) -> None:
+    tree, zk = make_tree("curator", ["/services"], persistent)
     await tree.resync(watch=True)
     assert tree.groups() == []
-    assert ("exists", "/services") in zk.reads
+    assert ("addWatch" if persistent else "exists", "/services") in zk.reads
     zk.create("/services/web/a", curator(1))
     assert await settle(tree)
     assert addresses(tree) == {"127.0.0.1:1"}
@@ -165,8 +194,8 @@ async def test_curator_base_path_absent_then_created_then_deleted() -> None:
     assert addresses(tree) == {"127.0.0.1:3"}
 
 
-async def test_serverset_any_depth_and_bad_data() -> None:
-    tree, zk = make_tree("serverset", ["/ss"])
+async def test_serverset_any_depth_and_bad_data(persistent: bool) -> None:
+    tree, zk = make_tree("serverset", ["/ss"], persistent)
     zk.create("/ss/a/member_1", member(1))
     zk.create("/ss/b/c/member_2", member(2))
     zk.create("/ss/b/bad", b"{not json")
@@ -195,3 +224,18 @@ async def test_unexpected_calls_fail() -> None:
         zk.sync_async("/")  # type: ignore[attr-defined]
     await tree.resync(watch=False)
     assert {kind for kind, _ in zk.reads} <= {"get", "children", "exists"}
+
+
+async def test_persistent_mode_sets_no_one_shot_watch_and_reads_nothing_for_dubbo() -> None:
+    tree, zk = make_tree("dubbo", ["/dubbo"], persistent=True)
+    zk.create("/dubbo/a.B/providers/dubbo%3A%2F%2F127.0.0.1%3A1%2Fa.B")
+    await tree.resync(watch=True)
+    assert tree.persistent
+    assert not zk.data_watches
+    assert not zk.child_watches
+    zk.reads.clear()
+    zk.create("/dubbo/a.B/providers/dubbo%3A%2F%2F127.0.0.1%3A2%2Fa.B")
+    zk.create("/dubbo/a.B/consumers/consumer%3A%2F%2F127.0.0.8%2Fa.B")
+    assert await settle(tree)
+    assert addresses(tree) == {"127.0.0.1:1", "127.0.0.1:2"}
+    assert zk.reads == []  # the event names the provider: nothing to read

@@ -50,7 +50,8 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import KazooException, NoNodeError, UnimplementedError
+from kazoo.protocol.serialization import Watch, int_struct, write_string
 from kazoo.protocol.states import EventType, WatchedEvent
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -158,6 +159,9 @@ class ZookeeperSDConfig(RefreshConfig):
     layout: Layout = Field(description="curator, dubbo or serverset")
     timeout: Duration = Field(10.0, description="session timeout")
     watch: bool = Field(True, description="follow watches; false polls every refresh_interval")
+    persistent_watches: bool = Field(
+        True, description="use persistent recursive watches where the server has them (3.6+)"
+    )
     digest_auth: ZookeeperDigestAuth | None = None
     tls_config: ZookeeperTLSConfig | None = None
 
@@ -209,6 +213,10 @@ def _is_under(path: str, base: str) -> bool:
 
 def _join(parent: str, child: str) -> str:
     return parent + child if parent == "/" else f"{parent}/{child}"
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0] or "/"
 
 
 # --- layouts -----------------------------------------------------------------------------
@@ -503,6 +511,45 @@ class _Gone(Exception):
     """The znode does not exist (any more)."""
 
 
+# ZooKeeper 3.6+ ``addWatch`` (opcode 106, ``AddWatchRequest{path, mode}``), which kazoo
+# does not offer yet (python-zk/kazoo#715). Mode 1 is PERSISTENT_RECURSIVE: the watch stays
+# after firing and covers the whole subtree, with NodeCreated, NodeDeleted and
+# NodeDataChanged events for every znode under the path (and no NodeChildrenChanged).
+_ADD_WATCH_OPCODE = 106
+_PERSISTENT_RECURSIVE = 1
+# Event types of the ZooKeeper protocol (Watcher.Event.EventType).
+_NODE_CREATED, _NODE_DELETED, _NODE_DATA_CHANGED = 1, 2, 3
+
+
+class _AddWatch:
+    """An ``addWatch`` request in the shape kazoo's connection sends and answers."""
+
+    type = _ADD_WATCH_OPCODE
+
+    def __init__(self, path: str, mode: int) -> None:
+        self.path = path
+        self.mode = mode
+
+    def serialize(self) -> bytearray:
+        """The request body: the path, then the mode."""
+        body = bytearray(write_string(self.path))
+        body.extend(int_struct.pack(self.mode))
+        return body
+
+    @classmethod
+    def deserialize(cls, buffer: bytes, offset: int) -> bool:
+        """The reply has no body."""
+        return True
+
+
+def _supports_add_watch(client: Any) -> bool:
+    """Whether kazoo's internals are the ones the addWatch bridge relies on (2.x)."""
+    connection = getattr(client, "_connection", None)
+    return callable(getattr(client, "_call", None)) and callable(
+        getattr(connection, "_read_watch_event", None)
+    )
+
+
 class _Session:
     """A kazoo client whose state changes and results arrive in the event loop."""
 
@@ -517,6 +564,33 @@ class _Session:
         self.closing = False
         self.client = KazooClient(hosts=self.hosts, **_client_options(config))
         self.client.add_listener(self._listener)
+        # Where persistent-watch events go (kazoo thread), once a tree subscribes.
+        self.event_sink: Callable[[int, str], None] | None = None
+        self.persistent = config.persistent_watches and _supports_add_watch(self.client)
+        if self.persistent:
+            self._hook_watch_events()
+
+    def _hook_watch_events(self) -> None:
+        # kazoo dispatches an event only to the one-shot watchers it registered itself, so
+        # events of a persistent watch would be dropped: see each event after kazoo does.
+        connection = self.client._connection
+        original = connection._read_watch_event
+
+        def read_watch_event(buffer: bytes, offset: int) -> Any:
+            result = original(buffer, offset)
+            sink = self.event_sink
+            if sink is not None:
+                event, _ = Watch.deserialize(buffer, offset)
+                sink(event.type, event.path)
+            return result
+
+        connection._read_watch_event = read_watch_event
+
+    def add_watch(self, path: str) -> Any:
+        """Send ``addWatch(path, PERSISTENT_RECURSIVE)``; return kazoo's async result."""
+        result = self.client.handler.async_result()
+        self.client._call(_AddWatch(path, _PERSISTENT_RECURSIVE), result)
+        return result
 
     def must_resync(self) -> bool:
         """Whether the connection dropped since :meth:`resyncing` was called."""
@@ -676,7 +750,16 @@ class _Tree:
     roots: list[str]
     context: DiscoveryContext
     nodes: dict[str, _Node] = field(default_factory=dict)
+    # Events of one-shot watches: (kind, path); each is answered by a read of the path.
     pending: set[tuple[str, str]] = field(default_factory=set)
+    # Events of the persistent recursive watches: path -> type of its latest event.
+    recursive: dict[str, int] = field(default_factory=dict)
+    persistent: bool = False
+
+    def __post_init__(self) -> None:
+        self.persistent = getattr(self.session, "persistent", False)
+        if self.persistent:
+            self.session.event_sink = self._recursive_fired
 
     # Watchers are bound methods: kazoo keeps them in sets, so re-arming one is idempotent.
     def data_watcher(self, event: WatchedEvent) -> None:
@@ -697,21 +780,168 @@ class _Tree:
         self.pending.add((kind, path))
         self.session.changed.set()
 
+    def _recursive_fired(self, event_type: int, path: str) -> None:
+        """kazoo thread: any watch event; those of the persistent watches matter here."""
+        if event_type in (_NODE_CREATED, _NODE_DELETED, _NODE_DATA_CHANGED):
+            with contextlib.suppress(RuntimeError):
+                self.session.loop.call_soon_threadsafe(self._note_recursive, path, event_type)
+
+    def _note_recursive(self, path: str, event_type: int) -> None:
+        # Only the latest event of a path matters, in the order of the latest events.
+        self.recursive.pop(path, None)
+        self.recursive[path] = event_type
+        self.session.changed.set()
+
+    def pending_count(self) -> int:
+        """How many watch events wait to be applied."""
+        return len(self.pending) + len(self.recursive)
+
+    def take_pending(self) -> tuple[set[tuple[str, str]], dict[str, int]] | None:
+        """The waiting events, or None; they are applied with :meth:`apply`."""
+        if not self.pending and not self.recursive:
+            return None
+        taken = (self.pending, self.recursive)
+        self.pending, self.recursive = set(), {}
+        return taken
+
     def groups(self) -> list[TargetGroup]:
         """The current target groups, one per target znode."""
         return [n.group for n in self.nodes.values() if n.group is not None]
 
     async def resync(self, *, watch: bool) -> None:
-        """Read every path again (re-arming watches) and replace the tree; raise on failure."""
+        """Read every path again (re-arming watches) and replace the tree; raise on failure.
+
+        With persistent watches, each path's watch is added before it is read, so a change
+        is either in the read or in an event that follows it.
+        """
         self.pending.clear()
-        nodes = await self._fetch([(root, 0) for root in self.roots], watch=watch)
+        self.recursive.clear()
+        one_shot = watch and not (self.persistent and await self._add_watches())
+        nodes = await self._fetch([(root, 0) for root in self.roots], watch=one_shot)
         old = self.nodes
         for path, node in nodes.items():
             self._parse(path, node, old.get(path))
         self.nodes = nodes
 
-    async def apply(self, events: Iterable[tuple[str, str]]) -> bool:
-        """Re-read the znodes named by watch events; return whether any target changed."""
+    async def _add_watches(self) -> bool:
+        """Add a persistent recursive watch on every path; False if the server has none."""
+        session = self.session
+        requests: list[_Request] = [(session.add_watch, (r,), f"watching {r}") for r in self.roots]
+        for result in await session.batch(requests):
+            if isinstance(result, BackendError) and isinstance(
+                result.__cause__, UnimplementedError
+            ):
+                self.context.logger.warning(
+                    "ZooKeeper %s has no persistent watches (it predates 3.6); "
+                    "using one-shot watches",
+                    session.hosts,
+                )
+                self.persistent = False
+                session.event_sink = None
+                return False
+            if isinstance(result, BaseException):
+                raise result
+        return True
+
+    async def apply(self, events: tuple[set[tuple[str, str]], dict[str, int]]) -> bool:
+        """Apply watch events from :meth:`take_pending`; return whether any target changed."""
+        one_shot, recursive = events
+        changed = await self._apply_one_shot(one_shot) if one_shot else False
+        if recursive:
+            changed |= await self._apply_recursive(recursive)
+        return changed
+
+    async def _apply_recursive(self, events: dict[str, int]) -> bool:
+        """Apply persistent-watch events: the event names the znode and what happened.
+
+        Reads happen after all events of the batch are sorted out, so they see a state at
+        least as new as the last event; anything later comes as another event.
+        """
+        changed = False
+        reads: list[str] = []
+        fetches: dict[str, int] = {}
+        for path, event_type in events.items():
+            place = self._locate(path)
+            if place is None:
+                continue  # outside what the layout reads (e.g. Dubbo consumers)
+            depth, missing = place
+            if event_type == _NODE_DELETED:
+                for start in [f for f in fetches if f == path or _is_under(f, path)]:
+                    del fetches[start]
+                changed |= self._remove(path)
+            elif missing is not None:
+                fetches.setdefault(*missing)
+            elif self.shape.reads_data(depth):
+                reads.append(path)
+        client = self.session.client
+        requests: list[_Request] = [(client.get_async, (p, None), f"reading {p}") for p in reads]
+        for path, result in zip(reads, await self.session.batch(requests), strict=True):
+            node = self.nodes.get(path)
+            if node is None:
+                continue
+            if isinstance(result, _Gone):
+                changed |= self._remove(path)
+            elif isinstance(result, BaseException):
+                raise result
+            elif result[0] != node.data:
+                old_group = node.group
+                node.data, node.group = result[0], None
+                self._parse(path, node, None)
+                changed |= node.group != old_group
+        if fetches:
+            subtree = await self._fetch(list(fetches.items()), watch=False)
+            for start, depth in fetches.items():
+                previous = self.nodes.get(start)  # None, or an absent base path
+                changed |= self._drop(start)
+                if start not in subtree:
+                    continue  # gone again; its deletion event follows
+                self._parse(start, subtree[start], previous)
+                parent = self.nodes.get(_parent(start)) if depth > 0 else None
+                if parent is not None:
+                    parent.children = parent.children | {start.rpartition("/")[2]}
+            for path, node in subtree.items():
+                if path not in fetches:
+                    self._parse(path, node, None)
+                self.nodes[path] = node
+                changed |= node.group is not None
+        return changed
+
+    def _locate(self, path: str) -> tuple[int, tuple[str, int] | None] | None:
+        """The depth of ``path`` and the first of its ancestors-or-self missing in the tree.
+
+        None if the layout does not read ``path`` (not under a base path, or filtered out).
+        """
+        for root in self.roots:
+            if path != root and not _is_under(path, root):
+                continue
+            parts = [p for p in path[len(root) :].split("/") if p]
+            for depth, name in enumerate(parts, 1):
+                if not self.shape.lists_children(depth - 1):
+                    return None
+                if not self.shape.descends_into(depth, name):
+                    return None
+            node = self.nodes.get(root)
+            if node is None or not node.exists:
+                return len(parts), (root, 0)
+            current = root
+            for depth, name in enumerate(parts, 1):
+                current = _join(current, name)
+                if current not in self.nodes:
+                    return len(parts), (current, depth)
+            return len(parts), None
+        return None
+
+    def _remove(self, path: str) -> bool:
+        """A znode was deleted: forget it and its subtree, and unlink it from its parent."""
+        changed = self._drop(path)
+        if path in self.roots:
+            self.nodes[path] = _Node(0, exists=False)
+        elif (parent := self.nodes.get(_parent(path))) is not None:
+            parent.children = parent.children - {path.rpartition("/")[2]}
+        return changed
+
+    async def _apply_one_shot(self, events: Iterable[tuple[str, str]]) -> bool:
+        """Re-read the znodes named by one-shot watch events; return whether a target changed."""
         work = [(kind, path, node) for kind, path in events if (node := self.nodes.get(path))]
         refetch: dict[str, int] = {}
         reads = [(kind, path, node) for kind, path, node in work if node.exists]
@@ -877,6 +1107,16 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
     def __init__(self, config: ZookeeperSDConfig, context: DiscoveryContext) -> None:
         super().__init__(config, context)
         self.session: _Session | None = None
+        self._tree: _Tree | None = None
+
+    @property
+    def watch_mode(self) -> str:
+        """``persistent`` (recursive watches), ``one-shot`` (re-armed watches) or ``poll``."""
+        if not self.config.watch:
+            return "poll"
+        if self._tree is not None and self._tree.persistent:
+            return "persistent"
+        return "one-shot"
 
     @property
     def client(self) -> KazooClient | None:
@@ -891,7 +1131,7 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
         """Follow the paths until cancelled."""
         session = _Session(self.config, self.context)
         tree = _Tree(session, SHAPES[self.config.layout], list(self.config.paths), self.context)
-        self.session = session
+        self.session, self._tree = session, tree
         session.start()
         try:
             if self.config.watch:
@@ -899,7 +1139,7 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
             else:
                 await _Poller(self.config, self.context, session, tree).run(send)
         finally:
-            self.session = None
+            self.session = self._tree = None
             await asyncio.shield(session.close())
 
     async def _watch(self, send: Send, session: _Session, tree: _Tree) -> None:
@@ -948,8 +1188,8 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
             session.changed.clear()
             if session.must_resync():
                 return
-            events, tree.pending = tree.pending, set()
-            if not events:
+            events = tree.take_pending()
+            if events is None:
                 continue
             async with asyncio.timeout(self._operation_timeout()):
                 changed = await tree.apply(events)
@@ -961,9 +1201,9 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
 async def _settle(tree: _Tree) -> None:
     deadline = time.monotonic() + _BATCH_MAX
     while time.monotonic() < deadline:
-        seen = len(tree.pending)
+        seen = tree.pending_count()
         await asyncio.sleep(_BATCH_PAUSE)
-        if len(tree.pending) == seen:
+        if tree.pending_count() == seen:
             return
 
 
