@@ -27,6 +27,7 @@ from .discovery.base import (
     RefreshConfig,
     RefreshDiscoverer,
     Send,
+    resolve_path,
 )
 from .durations import Duration
 from .errors import BackendError, DiscoveryError, InvalidTargetError, SdbridgeError
@@ -61,5 +62,6 @@ __all__ = [
     "is_valid_label_name",
     "join_list",
     "register",
+    "resolve_path",
     "sanitize_label_name",
 ]
