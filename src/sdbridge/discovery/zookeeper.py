@@ -16,11 +16,16 @@ Three layouts, each read exactly as its framework writes it:
   ``serverset_sd_configs`` (prometheus/prometheus ``discovery/zookeeper/zookeeper.go``):
   every znode under a path whose data is a serverset member becomes a target.
 
-Watches. kazoo (the client) has no ``addWatch`` yet (python-zk/kazoo#715 is unmerged),
-so persistent recursive watches are out of reach without patching its private protocol
-code. sdbridge uses one-shot child and data watches instead, re-armed by the very read
-that answers each event, so no change can slip between an event and the re-read. Only
-the znodes a layout needs are watched (for Dubbo, ``providers`` and not ``consumers``).
+Watches. On ZooKeeper 3.6+ each path gets one persistent recursive watch (``addWatch``):
+it stays armed, covers the whole subtree, and each event names the znode and what
+happened to it, so a Dubbo registration costs no read and a Curator update one. kazoo has
+no ``addWatch`` yet (python-zk/kazoo#715 is unmerged), so sdbridge queues the request
+through kazoo's own request path and reads the events after kazoo's event reader; both
+are private to kazoo but unchanged through 2.x, and are checked before use. Without them,
+on a server before 3.6, or with ``persistent_watches: false``, sdbridge uses one-shot
+child and data watches instead, re-armed by the very read that answers each event, so no
+change can slip between an event and the re-read. Either way only what a layout needs is
+read (for Dubbo, ``providers`` and not ``consumers``).
 
 Sessions. kazoo runs its own threads; its callbacks only hop back into the event loop
 with ``loop.call_soon_threadsafe``, and every request is awaited as an asyncio future,
