@@ -62,9 +62,10 @@ PROMETHEUS_ADDED = {
 
 
 def expected(groups: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """One label set per target, address included, empty values absent."""
+    """One label set per target, address included, empty values absent; plus the
+    per-target ``host`` label sdbridge's relabeling adds (see RELABEL)."""
     found = [
-        {"__address__": t, **{k: v for k, v in g["labels"].items() if v}}
+        {"__address__": t, **{k: v for k, v in g["labels"].items() if v}, "host": t.split(":")[0]}
         for g in groups
         for t in g["targets"]
     ]
@@ -73,7 +74,13 @@ def expected(groups: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def label_sets(entries: list[dict[str, Any]]) -> list[dict[str, str]]:
     """file_sd entries → one label set per target."""
-    return expected(entries)
+    found = [{"__address__": t, **e["labels"]} for e in entries for t in e["targets"]]
+    return sorted(found, key=lambda labels: sorted(labels.items()))
+
+
+# A per-target label: targets of one group get different values, so the output must keep
+# one group per target for Prometheus to see them.
+RELABEL = [{"source_labels": ["__address__"], "regex": "(.*):.*", "target_label": "host"}]
 
 
 @dataclass
@@ -109,8 +116,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     config = {
         "global": {"publish_delay": {"min": "10ms", "max": "100ms"}},
         "jobs": [
-            {"name": "json", "exec_sd_configs": [exec_config], "output": {"file": "out/web.json"}},
-            {"name": "yaml", "exec_sd_configs": [exec_config], "output": {"file": "out/web.yml"}},
+            {
+                "name": "json",
+                "exec_sd_configs": [exec_config],
+                "relabel_configs": RELABEL,
+                "output": {"file": "out/web.json"},
+            },
+            {
+                "name": "yaml",
+                "exec_sd_configs": [exec_config],
+                "relabel_configs": RELABEL,
+                "output": {"file": "out/web.yml"},
+            },
         ],
     }
     sdbridge = Sdbridge(workdir, config)
