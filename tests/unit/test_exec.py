@@ -313,3 +313,17 @@ def test_parse_exec_output_accepts_json_and_yaml() -> None:
         b"- targets: ['127.0.0.1:9100']\n  labels: {env: dev}\n", origin="x"
     )
     assert as_json == as_yaml
+
+
+def test_yaml_scalars_are_label_text_as_in_prometheus() -> None:
+    # Prometheus's yaml.v2 decodes any scalar into a label value as its text.
+    [group] = parse_exec_output(
+        b"- targets: [127.0.0.1:9100]\n  labels: {port: 80, on: true, ratio: 0.50, day: 2024-01-02}\n",
+        origin="x",
+    )
+    assert group.labels == {"port": "80", "on": "true", "ratio": "0.50", "day": "2024-01-02"}
+
+
+def test_a_yaml_null_entry_is_still_rejected() -> None:
+    with pytest.raises(InvalidTargetError, match="group 0: expected a mapping"):
+        parse_exec_output(b"- ~\n", origin="x")

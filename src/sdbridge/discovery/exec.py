@@ -108,6 +108,22 @@ class ExecDiscoverer(RefreshDiscoverer[ExecSDConfig]):
         return parse_exec_output(stdout, origin=f"output of {shown}")
 
 
+class _FileSDLoader(yaml.SafeLoader):
+    """YAML as Prometheus's file_sd reads it into strings: ``port: 80`` is the label "80".
+
+    Go's yaml.v2 decodes any scalar into a string field as its text; PyYAML would make
+    it an int (or a bool, a float, a date) that is then no valid label value.
+    """
+
+
+def _scalar_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    return str(loader.construct_scalar(node))
+
+
+for _tag in ("bool", "int", "float", "timestamp"):
+    _FileSDLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _scalar_text)
+
+
 def parse_exec_output(stdout: bytes, *, origin: str) -> list[TargetGroup]:
     """Parse file_sd JSON, or YAML, from a command's stdout."""
     if not stdout.strip():
@@ -116,7 +132,7 @@ def parse_exec_output(stdout: bytes, *, origin: str) -> list[TargetGroup]:
         data = orjson.loads(stdout)
     except orjson.JSONDecodeError:
         try:
-            data = yaml.safe_load(stdout.decode("utf-8"))
+            data = yaml.load(stdout.decode("utf-8"), Loader=_FileSDLoader)  # a SafeLoader
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise InvalidTargetError(f"{origin}: neither JSON nor YAML: {exc}") from exc
     return parse_file_sd(data, origin=origin)
