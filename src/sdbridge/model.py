@@ -133,6 +133,8 @@ def parse_file_sd(data: object, *, origin: str) -> list[TargetGroup]:
             raise InvalidTargetError(f"{where}: labels must be a mapping")
         if ADDRESS_LABEL in labels:
             raise InvalidTargetError(f"{where}: {ADDRESS_LABEL} belongs in targets, not labels")
+        # Prometheus decodes a null label value as "" (the same as no label).
+        labels = {k: "" if v is None else v for k, v in labels.items()}
         try:
             group = TargetGroup(
                 source=str(index),

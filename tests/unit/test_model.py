@@ -201,3 +201,8 @@ def test_parse_file_sd_keeps_everything_valid(data: list[dict[str, object]]) -> 
     for g, entry in zip(groups, data, strict=True):
         assert [t["__address__"] for t in g.targets] == entry["targets"]
         assert g.labels == entry["labels"]
+
+
+def test_a_null_label_value_is_empty_as_in_prometheus() -> None:
+    [g] = parse_file_sd([{"targets": ["127.0.0.1:1"], "labels": {"a": None, "b": "x"}}], origin="f")
+    assert g.labels == {"a": "", "b": "x"}
