@@ -229,7 +229,8 @@ def encode_filters(filters: Mapping[str, list[str]]) -> str | None:
     """Encode filters the way the Engine API wants them: ``{"name": {"value": true}}``."""
     merged: dict[str, dict[str, bool]] = {}
     for name, values in filters.items():
-        merged.setdefault(name, {}).update(dict.fromkeys(values, True))
+        if values:  # a filter without values filters nothing (as in Prometheus)
+            merged.setdefault(name, {}).update(dict.fromkeys(values, True))
     if not merged:
         return None
     return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode()
@@ -508,13 +509,19 @@ class EngineWatcher(RefreshDiscoverer[EC]):
 
     Subclasses implement :meth:`list_groups` (the full set, or raise) and
     :meth:`event_types`. If the event stream drops, a full refresh follows its
-    reconnection, since events may have been missed in between. While ``settling`` is
-    true (objects are still converging) it also refreshes every second.
+    reconnection, since events may have been missed in between.
+
+    Some engine changes trail their event (swarm's orchestrator sets tasks' desired
+    state and reports their state after the service event), so a subclass may set
+    ``settle_after_event`` (refresh every ``settle_interval`` for that long after each
+    event) and ``settling`` (objects still converging: keep refreshing, but no longer
+    than ``settle_window`` after the last event).
     """
 
-    settle_interval: ClassVar[float] = 1.0
-    # Settling refreshes stop this long after the last event: a task that cannot be
-    # placed stays "pending" forever and must not keep sdbridge polling every second.
+    settle_interval: ClassVar[float] = 0.5
+    settle_after_event: float = 0.0
+    # A task that cannot be placed stays "pending" forever and must not keep sdbridge
+    # refreshing twice a second: settling refreshes stop this long after the last event.
     settle_window: ClassVar[float] = 30.0
 
     def __init__(self, config: EC, context: DiscoveryContext) -> None:
@@ -556,7 +563,8 @@ class EngineWatcher(RefreshDiscoverer[EC]):
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settle_interval)
-            if self.settling and loop.time() - self._last_event < self.settle_window:
+            since = loop.time() - self._last_event
+            if since < self.settle_after_event or (self.settling and since < self.settle_window):
                 self.request_refresh()
 
     def _schedule(self) -> None:

@@ -15,9 +15,10 @@ config written for Prometheus's own ``dockerswarm_sd_configs`` works unchanged:
 * ``nodes``: one target per node at ``<node address>:<port>``.
 
 Unlike Prometheus, sdbridge does not wait for the refresh interval to see a change: it
-follows the engine's ``/events`` stream (service, node and container events) and
-refreshes, debounced, when one arrives; while tasks are still starting or stopping it
-refreshes every second until they settle. If the stream drops, the next refresh is a
+follows the engine's ``/events`` stream (service, node and network events) and
+refreshes, debounced, when one arrives. For the tasks role it also refreshes twice a
+second for 3 s after an event (swarm's orchestrator updates tasks after the service event
+that announces the change) and while tasks are still starting or stopping. If the stream drops, the next refresh is a
 full resync; a refresh that fails sends nothing, so the last good targets stay.
 
 Each service, task and node is its own target group (source ``service/<id>``,
@@ -44,6 +45,7 @@ from ._dockerapi import (
     join_host_port,
     network_labels,
 )
+from .base import DiscoveryContext
 
 PREFIX = "__meta_dockerswarm_"
 
@@ -84,9 +86,13 @@ NODE_LABEL_PREFIX = PREFIX + "node_label_"  # + sanitized node label key
 
 # network.go: __meta_dockerswarm_network_{id,name,scope,internal,ingress,label_<k>}
 
+SETTLE_AFTER_EVENT = 3.0
 _EVENT_TYPES = {
     "services": ["service", "network"],
-    "tasks": ["service", "node", "container", "network"],
+    # No container events: they only cover this node's tasks, and the settling
+    # refreshes after a service event already follow tasks until they converge (more
+    # refreshes would only keep the job's publish_delay from seeing a pause).
+    "tasks": ["service", "node", "network"],
     "nodes": ["node"],
 }
 
@@ -100,6 +106,12 @@ class DockerSwarmSDConfig(EngineConfig):
 @register("dockerswarm", DockerSwarmSDConfig)
 class DockerSwarmDiscoverer(EngineWatcher[DockerSwarmSDConfig]):
     """Lists services, tasks or nodes of a swarm; refreshes on engine events."""
+
+    def __init__(self, config: DockerSwarmSDConfig, context: DiscoveryContext) -> None:
+        super().__init__(config, context)
+        if config.role == "tasks":
+            # The orchestrator updates tasks after the service event that announces it.
+            self.settle_after_event = SETTLE_AFTER_EVENT
 
     def event_types(self) -> list[str]:
         """Engine event types that can change this role's targets."""

@@ -1,0 +1,127 @@
+"""The Docker mechanisms' config validation and pure helpers (no engine needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sdbridge.config import parse_config
+from sdbridge.discovery._dockerapi import encode_filters, join_host_port, network_labels
+from sdbridge.errors import ConfigError
+
+
+def _job(key: str, entry: dict[str, object]) -> dict[str, object]:
+    return {"jobs": [{"name": "j", key: [entry]}]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"role": "tasks"}, "host: Field required"),
+        ({"host": "unix:///var/run/docker.sock"}, "role: Field required"),
+        (
+            {"host": "unix:///x", "role": "containers"},
+            "role: Input should be 'services', 'tasks' or 'nodes'",
+        ),
+        ({"host": "/var/run/docker.sock", "role": "tasks"}, "must start with unix://, tcp://"),
+        ({"host": "unix://", "role": "tasks"}, "names no socket path"),
+        ({"host": "tcp://:2376", "role": "tasks"}, "names no host"),
+        ({"host": "tcp://h:99999", "role": "tasks"}, "Port out of range"),
+        (
+            {"host": "unix:///x", "role": "tasks", "port": 0},
+            "port: Input should be greater than or equal to 1",
+        ),
+        (
+            {"host": "unix:///x", "role": "tasks", "tls_config": {"insecure_skip_verify": True}},
+            "apply only to tcp://, http:// or https:// hosts",
+        ),
+        (
+            {"host": "unix:///x", "role": "tasks", "filters": [{"name": "", "values": []}]},
+            "filters[0].name",
+        ),
+        ({"host": "unix:///x", "role": "tasks", "colour": "red"}, "colour: unknown key"),
+        ({"host": "unix:///x", "role": "tasks", "refresh_interval": "0s"}, "greater than 0"),
+    ],
+)
+def test_dockerswarm_config_errors_name_the_option(entry: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_job("dockerswarm_sd_configs", entry))
+    assert "jobs[0].dockerswarm_sd_configs[0]" in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_docker_config_defaults_match_prometheus() -> None:
+    config = parse_config(_job("docker_sd_configs", {"host": "unix:///var/run/docker.sock"}))
+    (entry,) = config.jobs[0].docker_sd_configs  # type: ignore[attr-defined]
+    assert (entry.port, entry.host_networking_host, entry.refresh_interval) == (
+        80,
+        "localhost",
+        60.0,
+    )
+    assert entry.match_first_network is True
+    assert entry.filters == []
+
+
+def test_secrets_are_masked_and_paths_resolved(tmp_path: object) -> None:
+    entry = {
+        "host": "tcp://docker.example:2376",
+        "role": "nodes",
+        "tls_config": {"ca_file": "ca.pem"},
+        "basic_auth": {"username": "u", "password": "hunter2"},
+    }
+    config = parse_config(_job("dockerswarm_sd_configs", entry), base_dir=tmp_path)  # type: ignore[arg-type]
+    (parsed,) = config.jobs[0].dockerswarm_sd_configs  # type: ignore[attr-defined]
+    assert "hunter2" not in repr(parsed)
+    assert str(parsed.tls_config.ca_file) == f"{tmp_path}/ca.pem"
+
+
+def test_filters_are_encoded_as_the_engine_expects() -> None:
+    assert encode_filters({}) is None
+    assert encode_filters({"label": []}) is None
+    encoded = encode_filters({"label": ["a=b", "c"], "service": ["web"]})
+    assert encoded is not None
+    assert json.loads(encoded) == {"label": {"a=b": True, "c": True}, "service": {"web": True}}
+
+
+@given(st.dictionaries(st.text(min_size=1), st.lists(st.text(), min_size=1), min_size=1))
+def test_filter_encoding_round_trips(filters: dict[str, list[str]]) -> None:
+    encoded = encode_filters(filters)
+    assert encoded is not None
+    decoded = json.loads(encoded)
+    assert {name: set(values) for name, values in decoded.items()} == {
+        name: set(values) for name, values in filters.items()
+    }
+    assert all(all(v is True for v in values.values()) for values in decoded.values())
+
+
+def test_join_host_port_brackets_ipv6() -> None:
+    assert join_host_port("10.0.0.1", 80) == "10.0.0.1:80"
+    assert join_host_port("fd00::1", 9100) == "[fd00::1]:9100"
+
+
+def test_network_labels_are_sanitized_and_spell_booleans_like_go() -> None:
+    labels = network_labels(
+        [
+            {
+                "Id": "n1",
+                "Name": "front",
+                "Scope": "swarm",
+                "Internal": True,
+                "Labels": {"a.b-c": "x"},
+            }
+        ],
+        "__meta_docker_",
+    )
+    assert labels == {
+        "n1": {
+            "__meta_docker_network_id": "n1",
+            "__meta_docker_network_name": "front",
+            "__meta_docker_network_scope": "swarm",
+            "__meta_docker_network_internal": "true",
+            "__meta_docker_network_ingress": "false",
+            "__meta_docker_network_label_a_b_c": "x",
+        }
+    }
