@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import metrics
 from .config import GlobalConfig, JobConfigBase
@@ -27,11 +27,12 @@ from .model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, is_va
 from .outputs import Output
 from .outputs.file import FileOutput
 from .relabel import Rule, compile_rules, process
-from .render import Entry, Snapshot, make_entry, sort_entries
+from .render import Entry, Snapshot, gc_paused, make_entry, sort_entries
 from .state import StateOutput
 
 log = logging.getLogger("sdbridge.job")
 
+T = TypeVar("T")
 GroupKey = tuple[int, str]
 RenderedGroups = list[tuple[GroupKey, list[Entry] | None]]
 
@@ -266,10 +267,9 @@ class Job:
             raise InvalidTargetError(
                 f"{runner.label} sent {type(groups).__name__}, not TargetGroups"
             )
-        work = partial(self._render_all, runner, groups)
         if sum(len(g.targets) for g in groups) > _RENDER_IN_THREAD_ABOVE:
-            return await asyncio.to_thread(work)
-        return work()
+            return await asyncio.to_thread(_paused, partial(self._render_all, runner, groups))
+        return self._render_all(runner, groups)
 
     def _render_all(self, runner: MechanismRunner, groups: list[TargetGroup]) -> RenderedGroups:
         result: RenderedGroups = []
@@ -321,7 +321,9 @@ class Job:
             if remaining <= 0:
                 return
             try:
-                await asyncio.wait_for(self._changed.wait(), min(delay.min, remaining))
+                # Not wait_for: on 3.11 it can lose a cancellation (see base._sleep).
+                async with asyncio.timeout(min(delay.min, remaining)):
+                    await self._changed.wait()
             except TimeoutError:
                 self._changed.clear()
                 return
@@ -329,7 +331,11 @@ class Job:
     async def _publish(self) -> None:
         started = time.perf_counter()
         entries = [e for group in self._groups.values() for e in group]
-        snapshot = await asyncio.to_thread(_build, self.name, entries, len(self._groups))
+        build = partial(_build, self.name, entries, len(self._groups))
+        if len(entries) > _RENDER_IN_THREAD_ABOVE:
+            snapshot = await asyncio.to_thread(_paused, build)
+        else:
+            snapshot = build()
         previous = self._snapshot
         if previous is not None and not previous.stale and previous.body == snapshot.body:
             self._published.set()
@@ -393,6 +399,11 @@ class _Failing:
 
     async def run(self, send: object) -> None:
         raise DiscoveryError(f"cannot create the discoverer: {self.error}") from self.error
+
+
+def _paused(work: Callable[[], T]) -> T:
+    with gc_paused():
+        return work()
 
 
 def _build(job: str, entries: list[Entry], groups: int) -> Snapshot:

@@ -105,3 +105,36 @@ def test_long_yaml_values_are_not_folded() -> None:
     text = render_yaml(snapshot_of([{"__address__": "127.0.0.1:1", "a": value}]).entries)
     assert len(text.splitlines()) == 4
     assert yaml.safe_load(text)[0]["labels"]["a"] == value
+
+
+def test_gc_pauses_nest_and_restore_the_collector() -> None:
+    import gc
+    import threading
+
+    from sdbridge.render import gc_paused
+
+    assert gc.isenabled()
+    inner_entered, release = threading.Event(), threading.Event()
+
+    def other_render() -> None:
+        with gc_paused():
+            inner_entered.set()
+            release.wait(5)
+
+    with gc_paused():
+        thread = threading.Thread(target=other_render)
+        thread.start()
+        inner_entered.wait(5)
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other pause is still running
+    release.set()
+    thread.join()
+    assert gc.isenabled()
+
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a collector someone else disabled stays disabled
+    finally:
+        gc.enable()
