@@ -287,8 +287,11 @@ class RefreshDiscoverer(BaseDiscoverer[RC]):
             await self._sleep(delay)
 
     async def _sleep(self, delay: float) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # arrives as the wait ends, and then a shutdown waits for this task forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self._wakeup.wait()
 
 
 def run_for(discoverer: Any) -> Callable[[Send], Awaitable[None]]:

@@ -163,7 +163,8 @@ class FileOutput:
                 self.last_error = str(exc)
                 # Retry later unless a newer snapshot arrives first (it wakes us too).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), backoff.next_delay())
+                    async with asyncio.timeout(backoff.next_delay()):  # not wait_for: 3.11
+                        await self._wakeup.wait()
                 self._wakeup.set()
                 continue
             if self.last_error is not None:
