@@ -385,8 +385,29 @@ class Store:
                 log.exception("registry subscriber failed")
 
     # --- writes ---------------------------------------------------------------------
+    #
+    # Each write runs as its own task, shielded from the caller: a caller cancelled
+    # mid-write (a client hanging up) cannot leave memory behind the database. Tasks
+    # start, reach the worker thread and resume in creation order, so memory is updated
+    # in the order the database was.
 
     async def put(
+        self, service: str, instance: str, address: str, labels: Mapping[str, str], ttl: float
+    ) -> tuple[Instance, bool]:
+        """Register or replace an instance; return it and whether it is new."""
+        return await asyncio.shield(
+            asyncio.ensure_future(self._put(service, instance, address, labels, ttl))
+        )
+
+    async def heartbeat(self, service: str, instance: str) -> Instance | None:
+        """Renew an instance's ttl from now; None if it is not registered (or expired)."""
+        return await asyncio.shield(asyncio.ensure_future(self._heartbeat(service, instance)))
+
+    async def delete(self, service: str, instance: str) -> bool:
+        """Deregister an instance; return whether it was registered."""
+        return await asyncio.shield(asyncio.ensure_future(self._delete(service, instance)))
+
+    async def _put(
         self, service: str, instance: str, address: str, labels: Mapping[str, str], ttl: float
     ) -> tuple[Instance, bool]:
         """Register or replace an instance; return it and whether it is new."""
@@ -415,7 +436,7 @@ class Store:
             self._notify({key})
         return new, previous is None
 
-    async def heartbeat(self, service: str, instance: str) -> Instance | None:
+    async def _heartbeat(self, service: str, instance: str) -> Instance | None:
         """Renew an instance's ttl from now; None if it is not registered (or expired)."""
         key = (service, instance)
         current = self._instances.get(key)
@@ -442,7 +463,7 @@ class Store:
         self._set(renewed)
         return renewed
 
-    async def delete(self, service: str, instance: str) -> bool:
+    async def _delete(self, service: str, instance: str) -> bool:
         """Deregister an instance; return whether it was registered."""
         key = (service, instance)
         deleted = await self._call(
@@ -477,9 +498,16 @@ class Store:
                     due.append(current.key)
             if due:
                 try:
-                    await self._expire(list(dict.fromkeys(due)), now)
-                except BackendError as exc:
-                    log.error("cannot remove expired registrations, retrying: %s", exc)
+                    await asyncio.shield(
+                        asyncio.ensure_future(self._expire(list(dict.fromkeys(due)), now))
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    exc_info = None if isinstance(exc, BackendError) else exc
+                    log.error(
+                        "cannot remove expired registrations, retrying: %s", exc, exc_info=exc_info
+                    )
                     for key in due:  # try again on the next round
                         heapq.heappush(self._heap, (now, *key))
                     await asyncio.sleep(1.0)
