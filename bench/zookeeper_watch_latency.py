@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import statistics
@@ -264,6 +265,7 @@ def run_mode(
 
 
 def main() -> None:
+    logging.getLogger("kazoo").setLevel(logging.ERROR)  # its reconnection chatter
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=100, help="watch-mode samples")
