@@ -382,7 +382,7 @@ def _docker_config(engine: DockerEngine, scene: ContainerScene, **extra: Any) ->
     }
 
 
-def _as_prometheus_242(shared: str) -> Any:
+def as_prometheus_242(shared: str) -> Any:
     """Compare on what Prometheus 2.42 knows (see the module docstring)."""
 
     def adjust(mine: set[Target], theirs: set[Target]) -> tuple[set[Target], set[Target]]:
@@ -412,7 +412,7 @@ async def test_docker_sd_matches_prometheus(
         "docker",
         _docker_config(docker_engine, scene),
         tmp_path,
-        adjust=_as_prometheus_242(scene.shared),
+        adjust=as_prometheus_242(scene.shared),
         sdbridge_only={"match_first_network": False},  # 2.42 lists every network
     )
     multi = by_label(mine, "__meta_docker_container_id", scene.multi)

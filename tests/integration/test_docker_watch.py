@@ -28,11 +28,14 @@ from sdbridge.discovery.base import DiscoveryContext
 from sdbridge.errors import BackendError
 from sdbridge.job import Job
 from sdbridge.model import TargetGroup
+from tests.integration.test_docker_parity import as_prometheus_242, assert_parity
 from tests.servers.dockerd import (
     Dockerd,
     DockerEngine,
+    TLSEngine,
     docker_engine,  # noqa: F401 - fixture
     private_dockerd,  # noqa: F401 - fixture
+    private_dockerd_tls,  # noqa: F401 - fixture
 )
 
 pytestmark = pytest.mark.docker
@@ -337,3 +340,56 @@ async def test_real_engine_negotiates_its_own_version(docker_engine: DockerEngin
     finally:
         await found.client.close()
     assert version == docker_engine.api("GET", "/version")["ApiVersion"]
+
+
+# --- TCP with TLS -----------------------------------------------------------------------
+
+
+@pytest.mark.prometheus
+async def test_tcp_tls_engine_matches_prometheus(
+    private_dockerd_tls: TLSEngine,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A dockerd with --tlsverify on 127.0.0.1: client certificates, parity with promtool."""
+    tls = private_dockerd_tls
+    tls.engine.cli("network", "create", "--driver", "bridge", "sdbt-tls")
+    tls.engine.cli(
+        "run", "-d", "--network", "sdbt-tls", "--label", "x.y=z", "--expose", "9000",
+        "--stop-signal=SIGKILL", tls.engine.image, "/bin/busybox", "sleep", "600",
+    )  # fmt: skip
+    tls_config = {
+        "ca_file": str(tls.server.cert),
+        "cert_file": str(tls.client.cert),
+        "key_file": str(tls.client.key),
+    }
+    # Prometheus applies tls_config to http(s):// hosts only; sdbridge also takes tcp://.
+    config = {"host": f"https://{tls.address}", "tls_config": tls_config}
+    targets = await assert_parity(
+        "docker",
+        config,
+        tmp_path,
+        adjust=as_prometheus_242(""),
+        sdbridge_only={"host": f"tcp://{tls.address}"},
+    )
+    (target,) = map(dict, targets)
+    assert target["__meta_docker_container_label_x_y"] == "z"
+    assert target["__address__"].endswith(":9000")
+
+    # Without a client certificate the engine refuses the handshake: a clear error.
+    found = discoverer(
+        "docker", {"host": f"tcp://{tls.address}", "tls_config": {"ca_file": str(tls.server.cert)}}
+    )
+    with pytest.raises(BackendError, match=rf"cannot reach Docker Engine at tcp://{tls.address}"):
+        await found.refresh()
+    await found.client.close()
+    # Nor does sdbridge trust an engine whose certificate it cannot verify.
+    found = discoverer(
+        "docker",
+        {
+            "host": f"https://{tls.address}",
+            "tls_config": {**tls_config, "ca_file": str(tls.client.cert)},
+        },
+    )
+    with pytest.raises(BackendError, match="certificate verify failed"):
+        await found.refresh()
+    await found.client.close()

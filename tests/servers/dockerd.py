@@ -26,14 +26,16 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
-from .common import ManagedProcess, require_binary, wait_until
+from .common import ManagedProcess, free_port, require_binary, wait_until
+from .tls import SelfSigned, self_signed
 
 SOCKET = Path("/var/run/docker.sock")
 IMAGE = "sdbridge-test-busybox:latest"
@@ -279,7 +281,14 @@ def _docker_cli() -> str:
 class Dockerd:
     """A dockerd this process started; stop() stops it and its containerd."""
 
-    def __init__(self, root: Path, sock: Path, *, storage_driver: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sock: Path,
+        *,
+        storage_driver: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.root = root
         self.sock = sock
         self.argv = [
@@ -293,6 +302,7 @@ class Dockerd:
         ]
         if storage_driver:
             self.argv.append(f"--storage-driver={storage_driver}")
+        self.argv.extend(extra)
         self.process: ManagedProcess | None = None
 
     def start(self, timeout: float = 60) -> None:
@@ -318,16 +328,16 @@ class Dockerd:
             self.process = None
 
 
-def start_dockerd(root: Path, sock: Path) -> Dockerd:
+def start_dockerd(root: Path, sock: Path, extra: Sequence[str] = ()) -> Dockerd:
     """Start a dockerd with overlay2, falling back to vfs where overlay cannot mount."""
     try:
-        daemon = Dockerd(root, sock)
+        daemon = Dockerd(root, sock, extra=extra)
         daemon.start()
     except RuntimeError as first:
         if "overlay" not in str(first):
             pytest.fail(f"cannot start dockerd: {first}")
         shutil.rmtree(root / "data", ignore_errors=True)
-        daemon = Dockerd(root, sock, storage_driver="vfs")
+        daemon = Dockerd(root, sock, storage_driver="vfs", extra=extra)
         try:
             daemon.start()
         except RuntimeError as second:
@@ -428,16 +438,12 @@ def docker_engine() -> Iterator[DockerEngine]:
         _session.release()
 
 
-@pytest.fixture
-def private_dockerd() -> Iterator[tuple[Dockerd, DockerEngine]]:
-    """A second dockerd of the test's own on its own socket (no swarm), to stop and restart.
-
-    It shares the machine with the session's engine: its own data, exec root and socket.
-    """
+@contextlib.contextmanager
+def _private(extra: Sequence[str] = ()) -> Iterator[tuple[Dockerd, DockerEngine]]:
     require_binary("dockerd")
     root = Path(tempfile.mkdtemp(prefix="sdbridge-dockerd-private-"))
     sock = root / "docker.sock"
-    daemon = start_dockerd(root, sock)
+    daemon = start_dockerd(root, sock, extra)
     engine = DockerEngine(sock)
     try:
         ensure_image(engine)
@@ -449,3 +455,41 @@ def private_dockerd() -> Iterator[tuple[Dockerd, DockerEngine]]:
                     engine.api("DELETE", f"/containers/{container['Id']}", params={"force": 1})
         daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_dockerd() -> Iterator[tuple[Dockerd, DockerEngine]]:
+    """A second dockerd of the test's own on its own socket (no swarm), to stop and restart.
+
+    It shares the machine with the session's engine: its own data, exec root and socket.
+    """
+    with _private() as found:
+        yield found
+
+
+@dataclass(frozen=True)
+class TLSEngine:
+    """A private dockerd that also listens on 127.0.0.1 with TLS and client certificates."""
+
+    daemon: Dockerd
+    engine: DockerEngine  # its plain unix socket, for the test's own setup
+    address: str  # 127.0.0.1:<port>
+    server: SelfSigned  # the server certificate (also the CA a client must trust)
+    client: SelfSigned  # the client certificate dockerd requires
+
+
+@pytest.fixture
+def private_dockerd_tls(tmp_path: Path) -> Iterator[TLSEngine]:
+    """A private dockerd with ``--tlsverify`` on a free loopback port (and its unix socket)."""
+    server = self_signed(tmp_path, "server")
+    client = self_signed(tmp_path, "client")
+    address = f"127.0.0.1:{free_port()}"
+    extra = [
+        f"--host=tcp://{address}",
+        "--tlsverify",
+        f"--tlscacert={client.cert}",
+        f"--tlscert={server.cert}",
+        f"--tlskey={server.key}",
+    ]
+    with _private(extra) as (daemon, engine):
+        yield TLSEngine(daemon, engine, address, server, client)
