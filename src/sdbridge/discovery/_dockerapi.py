@@ -408,7 +408,8 @@ class EngineClient:
             while True:
                 try:
                     line = await response.content.readline()
-                except (aiohttp.ClientError, OSError) as exc:
+                except (aiohttp.ClientError, OSError, ValueError) as exc:
+                    # ValueError: a line longer than aiohttp's limit; reconnect and resync.
                     raise BackendError(
                         f"Docker Engine at {self.host}: event stream broke: {self._describe(exc)}"
                     ) from exc
