@@ -122,6 +122,15 @@ def test_prometheus_sees_exactly_sdbridges_targets_and_changes(workdir: Path) ->
             timeout=60,
             what="Prometheus sees the change",
         )
+        # sdbridge knows who polls: Prometheus names itself and its refresh interval.
+        status, body = bridge.request("/api/v1/jobs/web")
+        assert status == 200
+        clients = json.loads(body)["data"]["http_sd_clients"]
+        polling = [c for c in clients if c["user_agent"].startswith("Prometheus/")]
+        assert polling  # the test's own reads (Python-urllib) are listed too
+        assert {c["address"] for c in polling} == {"127.0.0.1"}
+        assert {c["refresh_interval_seconds"] for c in polling} == {1.0}
+        assert {c["last_status"] for c in polling} == {200}
     finally:
         if prometheus is not None:
             prometheus.stop()

@@ -239,3 +239,23 @@ async def test_ui_shows_the_guard_holding(
     text = await (await client.get("/jobs/web")).text()
     assert 'id="guard-holding"' in text
     assert "1,000 target(s) back from an update to 10" in text
+
+
+async def test_http_sd_clients_are_shown(client: Client) -> None:
+    page = await (await client.get("/jobs/web")).text()
+    assert "Nobody has polled" in page
+    headers = {"User-Agent": "Prometheus/2.42.0", "X-Prometheus-Refresh-Interval-Seconds": "30"}
+    assert (await client.get("/sd/web", headers=headers)).status == 200
+    assert (await client.get("/sd/pending", headers=headers)).status == 503
+    assert (await client.get("/sd/no-such-job", headers=headers)).status == 404
+    clients = (await (await client.get("/api/v1/jobs/web")).json())["data"]["http_sd_clients"]
+    assert len(clients) == 1
+    assert clients[0]["address"] == "127.0.0.1"
+    assert clients[0]["user_agent"] == "Prometheus/2.42.0"
+    assert clients[0]["refresh_interval_seconds"] == 30
+    assert clients[0]["last_status"] == 200
+    pending = (await (await client.get("/api/v1/jobs/pending")).json())["data"]
+    assert pending["http_sd_clients"][0]["last_status"] == 503
+    page = await (await client.get("/jobs/web")).text()
+    assert "Prometheus/2.42.0" in page
+    assert "30s" in page

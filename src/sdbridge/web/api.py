@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .keys import DAEMON_KEY, TARGET_INDEX_KEY
+from .keys import DAEMON_KEY, SD_CLIENTS_KEY, TARGET_INDEX_KEY
 from .status import (
     DEFAULT_PER_PAGE,
     TargetIndex,
@@ -55,7 +55,12 @@ async def get_job(request: web.Request) -> web.Response:
         int_param(request.query.get("page"), 1),
         int_param(request.query.get("per_page"), DEFAULT_PER_PAGE),
     )
-    data = {**job_summary(job), "query": query, "targets_page": page.as_json()}
+    data = {
+        **job_summary(job),
+        "http_sd_clients": request.app[SD_CLIENTS_KEY].clients(name),
+        "query": query,
+        "targets_page": page.as_json(),
+    }
     return _json({"status": "success", "data": data})
 
 

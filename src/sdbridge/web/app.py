@@ -33,10 +33,11 @@ from .keys import (
     DAEMON_KEY,
     HEADERS_KEY,
     SD_CACHE_KEY,
+    SD_CLIENTS_KEY,
     SETTINGS_KEY,
     TARGET_INDEX_KEY,
 )
-from .sd import JSON_CONTENT_TYPE, SDCache, make_handler
+from .sd import JSON_CONTENT_TYPE, ClientTracker, SDCache, make_handler
 from .status import TargetIndex
 from .webconfig import NO_WEB_CONFIG, WebSettings
 
@@ -107,10 +108,12 @@ def create_app(
     app[AUTH_EXEMPT_KEY] = []
     app[SETTINGS_KEY] = settings
     sd_cache = app[SD_CACHE_KEY] = SDCache()
+    sd_clients = app[SD_CLIENTS_KEY] = ClientTracker()
     targets = app[TARGET_INDEX_KEY] = TargetIndex()
 
     def forget_removed_jobs(d: Daemon) -> None:
         sd_cache.retain(set(d.jobs))
+        sd_clients.retain(set(d.jobs))
         targets.retain(set(d.jobs))
 
     daemon.on_jobs_changed.append(forget_removed_jobs)
@@ -119,7 +122,7 @@ def create_app(
         job = daemon.jobs.get(name)
         return (job is not None, job.snapshot if job is not None else None)
 
-    app.router.add_get("/sd/{job}", make_handler(lookup, sd_cache))
+    app.router.add_get("/sd/{job}", make_handler(lookup, sd_cache, sd_clients))
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)

@@ -6,12 +6,13 @@ from aiohttp import web
 
 from ..daemon import Daemon
 from .auth import AUTH_EXEMPT_KEY, BasicAuth
-from .sd import SDCache
+from .sd import ClientTracker, SDCache
 from .status import TargetIndex
 from .webconfig import WebSettings
 
 DAEMON_KEY = web.AppKey("daemon", Daemon)
 SD_CACHE_KEY = web.AppKey("sd_cache", SDCache)
+SD_CLIENTS_KEY = web.AppKey("sd_clients", ClientTracker)
 TARGET_INDEX_KEY = web.AppKey("target_index", TargetIndex)
 SETTINGS_KEY = web.AppKey("web_settings", WebSettings)
 AUTH_KEY = web.AppKey("basic_auth", BasicAuth)
@@ -23,6 +24,7 @@ __all__ = [
     "DAEMON_KEY",
     "HEADERS_KEY",
     "SD_CACHE_KEY",
+    "SD_CLIENTS_KEY",
     "SETTINGS_KEY",
     "TARGET_INDEX_KEY",
 ]

@@ -15,6 +15,7 @@ import asyncio
 import gzip
 import hashlib
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -125,6 +126,55 @@ class SDCache:
             del self._caches[name]
 
 
+class ClientTracker:
+    """Who polls each job: remote address, User-Agent, refresh interval, last poll.
+
+    Prometheus sends ``X-Prometheus-Refresh-Interval-Seconds``; the UI and API show
+    these so an operator can see which Prometheus servers read a job, and how often.
+    Bounded per job: the oldest client is forgotten first.
+    """
+
+    LIMIT = 64
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, dict[tuple[str, str], dict[str, object]]] = {}
+
+    def seen(self, job: str, request: web.Request, status: int) -> None:
+        """Record one request to ``/sd/<job>``."""
+        agent = request.headers.get("User-Agent", "")[:120]
+        address = request.remote or ""
+        clients = self._jobs.setdefault(job, {})
+        key = (address, agent)
+        clients.pop(key, None)  # re-insert: dicts keep insertion order, newest last
+        interval = request.headers.get("X-Prometheus-Refresh-Interval-Seconds", "")[:12]
+        clients[key] = {
+            "address": address,
+            "user_agent": agent,
+            "refresh_interval_seconds": float(interval) if _is_number(interval) else None,
+            "last_seen": time.time(),
+            "last_status": status,
+        }
+        if len(clients) > self.LIMIT:
+            del clients[next(iter(clients))]
+
+    def clients(self, job: str) -> list[dict[str, object]]:
+        """The job's clients, most recent first."""
+        return list(reversed(self._jobs.get(job, {}).values()))
+
+    def retain(self, jobs: set[str]) -> None:
+        """Forget jobs that no longer exist."""
+        for name in self._jobs.keys() - jobs:
+            del self._jobs[name]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 _TOKEN_RE = re.compile(r'\s*(W/)?("[^"]*"|\*)\s*(?:,|$)')
 
 
@@ -183,11 +233,20 @@ def _shard_params(query: dict[str, str]) -> tuple[int, int] | str | None:
 
 
 def make_handler(
-    get_snapshot: Callable[[str], tuple[bool, Snapshot | None]], cache: SDCache
+    get_snapshot: Callable[[str], tuple[bool, Snapshot | None]],
+    cache: SDCache,
+    tracker: ClientTracker | None = None,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The ``/sd/{job}`` handler; ``get_snapshot(name)`` says (job exists, its snapshot)."""
 
     async def http_sd(request: web.Request) -> web.Response:
+        response = await answer(request)
+        name = request.match_info.get("job", "")
+        if tracker is not None and response.status != 404:
+            tracker.seen(name, request, response.status)
+        return response
+
+    async def answer(request: web.Request) -> web.Response:
         name = request.match_info.get("job", "")
         if len(name) > MAX_JOB_NAME or not JOB_NAME_RE.match(name):
             return _plain(404, "no such job", "")

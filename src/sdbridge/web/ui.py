@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..daemon import Daemon
-from .keys import DAEMON_KEY, TARGET_INDEX_KEY
+from .keys import DAEMON_KEY, SD_CLIENTS_KEY, TARGET_INDEX_KEY
 from .status import (
     DEFAULT_PER_PAGE,
     TargetPage,
@@ -153,6 +153,28 @@ def _mechanisms_table(summary: dict[str, Any], now: float) -> str:
     )
 
 
+def _clients_section(job: str, clients: list[dict[str, Any]], now: float) -> str:
+    if not clients:
+        return (
+            f'<p class="muted" id="sd-clients">Nobody has polled <code>/sd/{_e(job)}</code> '
+            "since sdbridge started.</p>"
+        )
+    rows = []
+    for c in clients:
+        interval = c["refresh_interval_seconds"]
+        rows.append(
+            f"<tr><td><code>{_e(c['address'])}</code></td><td>{_e(c['user_agent'])}</td>"
+            f'<td class="num">{f"{interval:g}s" if interval is not None else ""}</td>'
+            f"<td>{_ago(c['last_seen'], now)}</td>"
+            f'<td class="num">{_e(c["last_status"])}</td></tr>'
+        )
+    return (
+        '<table class="grid" id="sd-clients"><thead><tr><th>Polled by</th><th>User agent</th>'
+        '<th class="num">Refresh interval</th><th>Last poll</th><th class="num">Status</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def _link(job: str, query: str, page: int, per_page: int) -> str:
     params: dict[str, str | int] = {"page": page, "per_page": per_page}
     if query:
@@ -228,6 +250,7 @@ async def job_page(request: web.Request) -> web.Response:
         return response
     now = time.time()
     s = job_summary(job)
+    clients = request.app[SD_CLIENTS_KEY].clients(name)
     query = request.query.get("q", "")[:500]
     page = request.app[TARGET_INDEX_KEY].page(
         name,
@@ -265,6 +288,7 @@ async def job_page(request: web.Request) -> web.Response:
     body = (
         f'<p class="crumbs"><a href="/">Jobs</a> &rsaquo;</p><h1>{_e(name)}</h1>'
         f"{error_box}{guard_box}{facts}<h2>Mechanisms</h2>{_mechanisms_table(s, now)}"
+        f"<h2>http_sd clients</h2>{_clients_section(name, clients, now)}"
         f"{_targets_section(name, query, page, job.snapshot is not None)}"
     )
     return _page(name, body, daemon)
