@@ -260,7 +260,13 @@ class ConsulDouble:
         self._table_index = {"services": 1, "nodes": 1, "checks": 1}
         self._service_index: dict[str, int] = {}
         self._faults: list[Fault] = []
+        self._version = 0  # bumped on every change: invalidates the views below
+        self._views_cache: (
+            tuple[int, dict[str, list[tuple[str, str]]], dict[str, list[dict[str, Any]]]] | None
+        ) = None
+        self._agents: dict[int, str] = {}  # id(transport) -> User-Agent of its requests
         self.requests: Counter[str] = Counter()
+        self.requests_by_agent: Counter[str] = Counter()
         self.blocking_requests: Counter[str] = Counter()
         self.waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -369,10 +375,28 @@ class ConsulDouble:
         server = runner.server if runner is not None else None
         return len(server.connections) if server is not None else 0
 
+    def connections_by_agent(self) -> dict[str, int]:
+        """Open connections, by the User-Agent of the requests they carried."""
+        runner = self._runner
+        server = runner.server if runner is not None else None
+        handlers = server.connections if server is not None else []
+        live = {id(h.transport): h for h in handlers if h.transport is not None}
+        counts: Counter[str] = Counter()
+        with self._lock:
+            for key in list(self._agents):
+                if key not in live:
+                    del self._agents[key]
+            for key in live:
+                counts[self._agents.get(key, "unknown")] += 1
+        return dict(counts)
+
     def stats(self) -> dict[str, Any]:
-        """Requests per endpoint, blocking ones, open connections and waiting long-polls."""
+        """Requests per endpoint and client, blocking ones, open connections, long-polls."""
+        connections = self.connections_by_agent()
         with self._lock:
             return {
+                "requests_by_agent": dict(self.requests_by_agent),
+                "connections_by_agent": connections,
                 "requests": dict(self.requests),
                 "blocking_requests": dict(self.blocking_requests),
                 "total_requests": sum(self.requests.values()),
@@ -385,11 +409,13 @@ class ConsulDouble:
         """Zero the request counters."""
         with self._lock:
             self.requests.clear()
+            self.requests_by_agent.clear()
             self.blocking_requests.clear()
 
     # --- mutations (thread-safe) -------------------------------------------------------
 
     def _bump(self, *tables: str, services: Iterable[str] = ()) -> int:
+        self._version += 1
         self._index += 1
         for table in tables:
             self._table_index[table] = self._index
@@ -416,6 +442,20 @@ class ConsulDouble:
         else:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake)
+
+    def _views(self) -> tuple[dict[str, list[tuple[str, str]]], dict[str, list[dict[str, Any]]]]:
+        """Instances by service name and checks by node, rebuilt once per change."""
+        cache = self._views_cache
+        if cache is not None and cache[0] == self._version:
+            return cache[1], cache[2]
+        by_service: dict[str, list[tuple[str, str]]] = {}
+        for key in sorted(self._services):
+            by_service.setdefault(self._services[key]["Service"], []).append(key)
+        checks_by_node: dict[str, list[dict[str, Any]]] = {}
+        for (node, _), check in sorted(self._checks.items()):
+            checks_by_node.setdefault(node, []).append(check)
+        self._views_cache = (self._version, by_service, checks_by_node)
+        return by_service, checks_by_node
 
     def _services_of_node(self, node: str) -> set[str]:
         return {s["Service"] for (n, _), s in self._services.items() if n == node}
@@ -458,8 +498,11 @@ class ConsulDouble:
         meta: dict[str, str] | None = None,
         namespace: str | None = None,
         partition: str | None = None,
+        checks: list[dict[str, str]] | None = None,
     ) -> int:
-        """Register or update a service instance on an existing node."""
+        """Register or update a service instance on an existing node; ``checks``
+        (``[{"id", "status"}]``) are written in the same transaction (one index), as
+        ``/v1/catalog/register`` and an agent's sync do."""
         service_id = service_id or name
         with self._lock:
             if node not in self._nodes:
@@ -467,7 +510,8 @@ class ConsulDouble:
             key = (node, service_id)
             existing = self._services.get(key)
             touched = {name} | ({existing["Service"]} if existing else set())
-            index = self._bump("services", services=touched)
+            tables = ("services", "checks") if checks else ("services",)
+            index = self._bump(*tables, services=touched)
             entry: dict[str, Any] = {
                 "ID": service_id,
                 "Service": name,
@@ -486,6 +530,18 @@ class ConsulDouble:
             if partition is not None:
                 entry["Partition"] = partition
             self._services[key] = entry
+            for check in checks or []:
+                previous = self._checks.get((node, check["id"]))
+                self._checks[(node, check["id"])] = _check_row(
+                    node,
+                    check["id"],
+                    check.get("status", "passing"),
+                    service_id,
+                    name,
+                    list(tags or []),
+                    previous["CreateIndex"] if previous else index,
+                    index,
+                )
         self._notify()
         return index
 
@@ -509,23 +565,17 @@ class ConsulDouble:
             touched = {service_name} if service_name else self._services_of_node(node)
             existing = self._checks.get((node, check_id))
             index = self._bump("checks", services=touched)
-            self._checks[(node, check_id)] = {
-                "Node": node,
-                "CheckID": check_id,
-                "Name": name or check_id,
-                "Status": status,
-                "Notes": "",
-                "Output": "",
-                "ServiceID": service_id,
-                "ServiceName": service_name,
-                "ServiceTags": list(self._services[(node, service_id)]["Tags"])
-                if service_id
-                else [],
-                "Type": "ttl",
-                "Definition": {},
-                "CreateIndex": existing["CreateIndex"] if existing else index,
-                "ModifyIndex": index,
-            }
+            self._checks[(node, check_id)] = _check_row(
+                node,
+                check_id,
+                status,
+                service_id,
+                service_name,
+                list(self._services[(node, service_id)]["Tags"]) if service_id else [],
+                existing["CreateIndex"] if existing else index,
+                index,
+                name=name,
+            )
         self._notify()
         return index
 
@@ -611,19 +661,14 @@ class ConsulDouble:
                         meta=svc.get("meta"),
                         namespace=svc.get("namespace"),
                         partition=svc.get("partition"),
+                        checks=svc.get("checks"),
                     )
-                    for check in svc.get("checks", []):
-                        self.register_check(
-                            node["node"],
-                            check["id"],
-                            check.get("status", "passing"),
-                            service_id=service_id,
-                        )
             return self._index
 
     def rewind_index(self, to: int = 1) -> int:
         """Make every index go backwards, as after a snapshot restore; wakes every query."""
         with self._lock:
+            self._version += 1
             self._index = to
             for table in self._table_index:
                 self._table_index[table] = to
@@ -671,7 +716,11 @@ class ConsulDouble:
         if path.startswith("/_double/"):
             return await handler(request)  # type: ignore[no-any-return]
         endpoint = "/v1/health/service" if path.startswith("/v1/health/service/") else path
+        agent = _agent_name(request.headers.get("User-Agent", ""))
         with self._lock:
+            if request.transport is not None:
+                self._agents[id(request.transport)] = agent
+            self.requests_by_agent[agent] += 1
             self.requests[endpoint] += 1
             if "index" in request.query:
                 self.blocking_requests[endpoint] += 1
@@ -880,16 +929,18 @@ class ConsulDouble:
         passing_only = "passing" in request.query
         body = []
         with self._lock:
-            for (node_name, service_id), svc in sorted(self._services.items()):
-                if svc["Service"] != name or not self._namespace_ok(request, svc):
+            by_service, checks_by_node = self._views()
+            for node_name, service_id in by_service.get(name, []):
+                svc = self._services[(node_name, service_id)]
+                if not self._namespace_ok(request, svc):
                     continue
                 node = self._nodes[node_name]
                 if not node_ok(node) or not all(t in svc["Tags"] for t in tags):
                     continue
                 checks = [
                     dict(c)
-                    for (n, _), c in sorted(self._checks.items())
-                    if n == node_name and c["ServiceID"] in ("", service_id)
+                    for c in checks_by_node.get(node_name, [])
+                    if c["ServiceID"] in ("", service_id)
                 ]
                 if passing_only and any(c["Status"] != "passing" for c in checks):
                     continue
@@ -915,6 +966,45 @@ class ConsulDouble:
 
     async def _control_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
+
+
+def _check_row(
+    node: str,
+    check_id: str,
+    status: str,
+    service_id: str,
+    service_name: str,
+    service_tags: list[str],
+    create_index: int,
+    modify_index: int,
+    *,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A HealthCheck as /v1/health/* return it."""
+    return {
+        "Node": node,
+        "CheckID": check_id,
+        "Name": name or check_id,
+        "Status": status,
+        "Notes": "",
+        "Output": "",
+        "ServiceID": service_id,
+        "ServiceName": service_name,
+        "ServiceTags": service_tags,
+        "Type": "ttl",
+        "Definition": {},
+        "CreateIndex": create_index,
+        "ModifyIndex": modify_index,
+    }
+
+
+def _agent_name(user_agent: str) -> str:
+    """A short client name: ``sdbridge``, ``vmagent`` (fasthttp's vm_promscrape), or the UA."""
+    if user_agent.startswith("sdbridge"):
+        return "sdbridge"
+    if "vm_promscrape" in user_agent or "vmagent" in user_agent:
+        return "vmagent"
+    return user_agent.split("/")[0] or "unknown"
 
 
 def _uuid(seed: str) -> str:

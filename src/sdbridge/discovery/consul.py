@@ -43,6 +43,7 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from .. import __version__
 from ..durations import Duration, format_duration
 from ..errors import BackendError, DiscoveryError
 from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, sanitize_label_name
@@ -73,6 +74,10 @@ _SERVICE_MAINTENANCE_PREFIX = "_service_maintenance:"
 _MAX_WAIT = 600.0  # Consul caps ``wait`` at 10 minutes
 _ERROR_BACKOFF = (1.0, 30.0)
 _THROTTLED_BACKOFF = (5.0, 120.0)  # HTTP 429: Consul's per-client connection limit
+# A write that moves the catalog usually moves the checks too (same raft index); wait this
+# long for the other long-polls, so their cheap targeted reads go (and get published)
+# before a sweep takes the CPU.
+_SWEEP_SETTLE = 0.3
 
 
 class TLSConfig(BaseModel):
@@ -380,8 +385,19 @@ class ThrottledError(BackendError):
 
 @dataclass(frozen=True)
 class _Answer:
-    data: Any
+    """A 200 answer: its body, decoded on demand, and its X-Consul-Index."""
+
+    body: bytes
     index: int
+    where: str
+
+    @property
+    def data(self) -> Any:
+        """The decoded JSON; BackendError if it is not JSON."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise BackendError(f"{self.where}: invalid JSON ({exc}): {self.body[:100]!r}") from exc
 
 
 class _ConsulClient:
@@ -441,14 +457,10 @@ class _ConsulClient:
         except OSError as exc:
             raise BackendError(f"{shown}: {exc.strerror or exc}") from exc
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BackendError(f"{shown}: invalid JSON ({exc}): {body[:100]!r}") from exc
-        try:
             new_index = int(raw_index)
         except ValueError:
             raise BackendError(f"{shown}: invalid X-Consul-Index {raw_index!r}") from None
-        return _Answer(data, new_index)
+        return _Answer(body, new_index, shown)
 
 
 def _status_error(url: str, status: int, body: bytes) -> BackendError:
@@ -481,7 +493,7 @@ def _basic_password(config: ConsulSDConfig) -> str:
 
 
 def _auth_headers(config: ConsulSDConfig) -> dict[str, str]:
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": "application/json", "User-Agent": f"sdbridge/{__version__}"}
     if config.token is not None:
         headers["X-Consul-Token"] = config.token.get_secret_value()
     if config.authorization is not None:
@@ -633,9 +645,13 @@ class _Watch:
         self.groups: dict[str, TargetGroup] = {}
         self.service_nodes: dict[str, frozenset[str]] = {}
         self.invalid: dict[str, list[str]] = {}
+        # Each service's last read and its X-Consul-Index: an unchanged index (the usual
+        # case in a sweep) reuses the read instead of decoding and rebuilding it.
+        self.reads: dict[str, tuple[int, _ServiceRead]] = {}
         self.indexes: dict[str, int] = {}
         self.semaphore = asyncio.Semaphore(self.config.max_concurrency)
         self.last_sweep = float("-inf")
+        self.sweep_not_before = float("-inf")
         self.failing: set[str] = set()  # long-polls currently failing
 
     # --- top level -----------------------------------------------------------------------
@@ -768,18 +784,24 @@ class _Watch:
         if pending.services or pending.prune:
             return 0.0
         if pending.sweep:
-            return max(self.last_sweep + self.config.refresh_interval - now, 0.0)
+            return max(self._sweep_at() - now, 0.0)
         return None
 
+    def _sweep_at(self) -> float:
+        return max(self.last_sweep + self.config.refresh_interval, self.sweep_not_before)
+
     def _due(self, pending: _Pending, now: float) -> _Pending:
-        """Take the work that may run now; a sweep waits for ``refresh_interval``."""
-        sweep = pending.sweep and now >= self.last_sweep + self.config.refresh_interval
-        work = _Pending(services=pending.services, sweep=sweep, prune=pending.prune)
-        pending.services = set()
-        pending.prune = False
+        """Take the work that may run now: known services first (a few fast reads), then a
+        sweep, which waits for ``refresh_interval`` after the previous one."""
+        if pending.services or pending.prune:
+            work = _Pending(services=pending.services, prune=pending.prune)
+            pending.services = set()
+            pending.prune = False
+            return work
+        sweep = pending.sweep and now >= self._sweep_at()
         if sweep:
             pending.sweep = False
-        return work
+        return _Pending(sweep=sweep)
 
     def _take(self, event: _Event, pending: _Pending) -> None:
         if event.error is not None:
@@ -790,6 +812,7 @@ class _Watch:
         if event.gap:
             pending.sweep = True
             self.last_sweep = float("-inf")  # a gap is repaired at once
+            self.reads.clear()  # indexes may have been reset: trust no cached read
         if event.kind == "services":
             before = set(self.catalog)
             self._apply_catalog(event.parsed)
@@ -797,6 +820,7 @@ class _Watch:
             pending.prune = pending.prune or bool(before - set(self.catalog))
             # Re-registrations move this index without telling which service: sweep.
             pending.sweep = True
+            self.sweep_not_before = time.monotonic() + _SWEEP_SETTLE
         elif event.kind == "checks":
             pending.services |= self._apply_checks(event.parsed)
         else:
@@ -847,7 +871,16 @@ class _Watch:
             self.last_sweep = time.monotonic()
         else:
             names = work.services & set(self.catalog)
-        results = await self._read_services(sorted(names))
+        answers = await self._read_services(sorted(names))
+        results: dict[str, _ServiceRead] = {}
+        reads = {n: r for n, r in self.reads.items() if n in self.catalog}
+        for name, answer in answers.items():
+            cached = reads.get(name)
+            if cached is not None and cached[0] == answer.index:
+                results[name] = cached[1]
+            else:
+                results[name] = self._service_read(name, answer)
+                reads[name] = (answer.index, results[name])
         groups = {n: g for n, g in self.groups.items() if n in self.catalog}
         service_nodes = {n: s for n, s in self.service_nodes.items() if n in self.catalog}
         invalid = dict(self.invalid)
@@ -864,14 +897,15 @@ class _Watch:
         changes = self.diff.changes([groups[name] for name in sorted(groups)])
         # Commit only now: a failed read above leaves every cache as it was.
         self.groups, self.service_nodes, self.invalid = groups, service_nodes, invalid
+        self.reads = reads
         await send(changes)
 
-    async def _read_services(self, names: list[str]) -> dict[str, _ServiceRead]:
-        async def read(name: str) -> _ServiceRead:
+    async def _read_services(self, names: list[str]) -> dict[str, _Answer]:
+        async def read(name: str) -> _Answer:
             async with self.semaphore:
                 return await self._read_service(name)
 
-        tasks: list[asyncio.Task[_ServiceRead]] = []
+        tasks: list[asyncio.Task[_Answer]] = []
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(read(name)) for name in names]
@@ -883,15 +917,17 @@ class _Watch:
             raise BackendError(f"{first}{suffix}") from first
         return {name: task.result() for name, task in zip(names, tasks, strict=True)}
 
-    async def _read_service(self, name: str) -> _ServiceRead:
+    async def _read_service(self, name: str) -> _Answer:
         params = self.client.scope(self.datacenter)
         params.extend(("tag", tag) for tag in self.config.tags)
         if self.config.health_filter:
             params.append(("filter", self.config.health_filter))
-        path = "/v1/health/service/" + _quote(name)
-        answer = await self.client.get(path, params)
+        return await self.client.get("/v1/health/service/" + _quote(name), params)
+
+    def _service_read(self, name: str, answer: _Answer) -> _ServiceRead:
+        """Build a service's group from its answer; BackendError on a bad shape."""
         instances = parse_service_nodes(
-            answer.data, service=name, tag_separator=self.config.tag_separator, where=path
+            answer.data, service=name, tag_separator=self.config.tag_separator, where=answer.where
         )
         problems = [i for i in instances if isinstance(i, str)]
         good = [i for i in instances if isinstance(i, _Instance)]
