@@ -655,6 +655,10 @@ class _Session:
         """
         loop = self.loop
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in requests]
+        for future in futures:
+            # If the caller is cancelled mid-batch, late errors must not be reported as
+            # "never retrieved": mark them seen.
+            future.add_done_callback(_consume)
 
         def resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
             if not future.done():
@@ -696,6 +700,11 @@ class _Session:
             error.__cause__ = result
             return error
         return result
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _describe(exc: BaseException) -> str:
