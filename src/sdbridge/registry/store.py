@@ -29,7 +29,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +222,14 @@ def check_ttl(ttl: object, *, default: float, minimum: float, maximum: float) ->
     return seconds
 
 
+@dataclass(slots=True)
+class _Write:
+    sql: str
+    params: Any
+    many: bool
+    done: asyncio.Future[int]
+
+
 # --- the store ---------------------------------------------------------------------------
 
 
@@ -242,6 +250,10 @@ class Store:
         self._wake = asyncio.Event()
         self._expiry_task: asyncio.Task[None] | None = None
         self._closed = False
+        # Group commit: writes queue here and the flusher commits each batch at once.
+        self._batch: list[_Write] = []
+        self._batch_ready = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -254,6 +266,7 @@ class Store:
         except BaseException:
             await store._shutdown_executor()
             raise
+        store._flusher = asyncio.create_task(store._flush_loop(), name=f"registry-writer:{path}")
         now = time.time()
         expired = [i.key for i in rows if i.expires_at <= now]
         for instance in rows:
@@ -320,6 +333,9 @@ class Store:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
+        if self._flusher is not None:
+            self._batch_ready.set()  # the flusher commits what is queued, then returns
+            await self._flusher
         try:
             await self._call(self._close_db, closing=True)
         except Exception:
@@ -336,23 +352,64 @@ class Store:
         # Shielded: a cancelled request must not leave memory behind the database.
         return await asyncio.shield(loop.run_in_executor(self._executor, fn, *args))
 
-    def _execute(self, sql: str, params: Iterable[Any]) -> int:
-        if self._db is None:
-            raise BackendError(f"registry database {self.path} is not open")
-        try:
-            return self._db.execute(sql, tuple(params)).rowcount
-        except sqlite3.Error as exc:
-            raise BackendError(f"registry database {self.path}: {exc}") from exc
+    async def _write(self, sql: str, params: Any, *, many: bool = False) -> int:
+        """Queue one statement for the next group commit; its row count once committed."""
+        if self._closed:
+            raise BackendError(f"registry database {self.path} is closed")
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._batch.append(_Write(sql, params, many, done))
+        self._batch_ready.set()
+        return await done
 
-    def _executemany(self, sql: str, params: list[tuple[Any, ...]]) -> int:
+    async def _flush_loop(self) -> None:
+        # Whatever queued while the previous batch was committing goes in one transaction:
+        # one trip to the worker thread and one commit for many requests.
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._batch:
+                if self._closed:
+                    return
+                await self._batch_ready.wait()
+                self._batch_ready.clear()
+                continue
+            batch, self._batch = self._batch, []
+            try:
+                counts = await asyncio.shield(
+                    loop.run_in_executor(self._executor, self._commit, batch)
+                )
+            except asyncio.CancelledError:
+                for write in batch:
+                    if not write.done.done():
+                        write.done.set_exception(
+                            BackendError(f"registry database {self.path} is closing")
+                        )
+                raise
+            except Exception as exc:
+                error = exc if isinstance(exc, BackendError) else BackendError(str(exc))
+                for write in batch:
+                    if not write.done.done():
+                        write.done.set_exception(error)
+                continue
+            # In batch order, so callers resume (and update memory) in the order they wrote.
+            for write, count in zip(batch, counts, strict=True):
+                if not write.done.done():
+                    write.done.set_result(count)
+
+    def _commit(self, batch: list[_Write]) -> list[int]:
         if self._db is None:
             raise BackendError(f"registry database {self.path} is not open")
+        counts = []
         try:
-            with self._db:  # one transaction
+            with self._db:  # one transaction: commit, or roll back on error
                 self._db.execute("BEGIN")
-                return self._db.executemany(sql, params).rowcount
+                for write in batch:
+                    if write.many:
+                        counts.append(self._db.executemany(write.sql, write.params).rowcount)
+                    else:
+                        counts.append(self._db.execute(write.sql, write.params).rowcount)
         except sqlite3.Error as exc:
             raise BackendError(f"registry database {self.path}: {exc}") from exc
+        return counts
 
     # --- reads ----------------------------------------------------------------------
 
@@ -417,8 +474,7 @@ class Store:
         registered_at = previous.registered_at if previous is not None else now
         new = Instance(service, instance, address, dict(labels), ttl, now + ttl, registered_at)
         labels_json = orjson.dumps(new.labels, option=orjson.OPT_SORT_KEYS).decode()
-        await self._call(
-            self._execute,
+        await self._write(
             "INSERT INTO instances (service, instance, address, labels, ttl, expires_at, registered_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, instance) DO UPDATE SET"
             " address=excluded.address, labels=excluded.labels, ttl=excluded.ttl,"
@@ -443,8 +499,7 @@ class Store:
         if current is None:
             return None
         expires_at = time.time() + current.ttl
-        changed = await self._call(
-            self._execute,
+        changed = await self._write(
             "UPDATE instances SET expires_at=? WHERE service=? AND instance=?",
             (expires_at, service, instance),
         )
@@ -466,9 +521,7 @@ class Store:
     async def _delete(self, service: str, instance: str) -> bool:
         """Deregister an instance; return whether it was registered."""
         key = (service, instance)
-        deleted = await self._call(
-            self._execute, "DELETE FROM instances WHERE service=? AND instance=?", key
-        )
+        deleted = await self._write("DELETE FROM instances WHERE service=? AND instance=?", key)
         existed = self._instances.pop(key, None) is not None
         if existed:
             self._notify({key})
@@ -520,10 +573,10 @@ class Store:
 
     async def _expire(self, keys: list[Key], now: float) -> None:
         # The expires_at condition spares an instance renewed after the decision was made.
-        await self._call(
-            self._executemany,
+        await self._write(
             "DELETE FROM instances WHERE service=? AND instance=? AND expires_at<=?",
             [(s, i, now) for s, i in keys],
+            many=True,
         )
         gone = set()
         for key in keys:
