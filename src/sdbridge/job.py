@@ -338,6 +338,7 @@ class Job:
             snapshot = build()
         previous = self._snapshot
         if previous is not None and not previous.stale and previous.body == snapshot.body:
+            self.guard.admit(previous, snapshot)  # back to what is published: a hold ends
             self._published.set()
             return
         if not self.guard.admit(previous, snapshot):

@@ -229,3 +229,17 @@ def test_status_shape() -> None:
     assert status["enabled"] is True
     assert status["holding"] is False
     assert status["max_drop_ratio"] == 0.5
+
+
+async def test_returning_to_the_published_set_ends_the_hold() -> None:
+    name = "guard-same"
+    job, (fake,), out = make_job(name=name, guard={"confirmations": 5})
+    async with running(job):
+        await fake.send([group("all", *hosts(10))])
+        await until(lambda: job.snapshot is not None)
+        await fake.send([group("all", *hosts(1))])
+        await until(lambda: job.guard.holding)
+        await fake.send([group("all", *hosts(10))])  # the very same targets again
+        await until(lambda: not job.guard.holding, what="the hold to end")
+        assert metric("sdbridge_guard_holding", name) == 0
+    assert [s.target_count for s in out.snapshots] == [10]
