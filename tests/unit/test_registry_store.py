@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -314,3 +315,40 @@ async def test_mechanism_batches_a_burst(tmp_path: Path) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+
+async def test_concurrent_writes_leave_memory_equal_to_the_database(tmp_path: Path) -> None:
+    """Writes batched into group commits land in memory in the order the database saw them."""
+    path = db_path(tmp_path)
+    store = await Store.open(path)
+    rng = random.Random(7)
+    ops = []
+    for n in range(400):
+        key = ("web", f"i{rng.randrange(5)}")
+        choice = rng.random()
+        if choice < 0.5:
+            ops.append(store.put(*key, f"127.0.0.{n % 250 + 1}:80", {"n": str(n)}, 60))
+        elif choice < 0.8:
+            ops.append(store.heartbeat(*key))
+        else:
+            ops.append(store.delete(*key))
+    await asyncio.gather(*ops)
+    in_memory = {i.key: (i.address, dict(i.labels), i.expires_at) for i in store.instances()}
+    await store.close()
+    reopened = await Store.open(path)
+    try:
+        on_disk = {i.key: (i.address, dict(i.labels), i.expires_at) for i in reopened.instances()}
+    finally:
+        await reopened.close()
+    assert in_memory == on_disk
+    assert in_memory  # the sequence leaves some registered
+
+
+async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
+    store = await Store.open(db_path(tmp_path))
+    await store.put("web", "a", "127.0.0.1:80", {}, 60)
+    await store.close()
+    with pytest.raises(BackendError, match="closed"):
+        await store.put("web", "b", "127.0.0.1:81", {}, 60)
+    with pytest.raises(BackendError, match="closed"):
+        await store.heartbeat("web", "a")
