@@ -106,6 +106,19 @@ WEB_AUTH_FAILURES = Counter(
     "sdbridge_web_auth_failures_total", "Requests refused for missing or wrong basic auth."
 )
 
+# Built-in registry (sdbridge.registry).
+REGISTRY_INSTANCES = Gauge(
+    "sdbridge_registry_instances", "Instances registered with the built-in registry."
+)
+REGISTRY_EXPIRED = Counter(
+    "sdbridge_registry_expired_total", "Registry instances removed because their TTL ran out."
+)
+REGISTRY_REQUESTS = Counter(
+    "sdbridge_registry_requests_total",
+    "Requests to /api/v1/registry, by operation (put, heartbeat, delete, get) and status code.",
+    ("operation", "code"),
+)
+
 
 def forget_job(job: str) -> None:
     """Drop a removed job's per-job series so /metrics does not report ghosts."""

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from sdbridge.config import parse_config
 from sdbridge.daemon import Daemon
@@ -77,7 +78,15 @@ async def listing(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
     return [{k: v for k, v in i.items() if k not in ("expires_in",)} for i in instances]
 
 
+def requests_counted(operation: str, code: int) -> float:
+    value = REGISTRY.get_sample_value(
+        "sdbridge_registry_requests_total", {"operation": operation, "code": str(code)}
+    )
+    return value or 0.0
+
+
 async def test_register_heartbeat_list_delete(client: TestClient[Any, Any]) -> None:
+    created_before = requests_counted("put", 201)
     response = await put(
         client, "web/a", {"address": "127.0.0.1:80", "labels": {"env": "dev"}, "ttl": "1m"}
     )
@@ -107,6 +116,8 @@ async def test_register_heartbeat_list_delete(client: TestClient[Any, Any]) -> N
     assert (await client.delete(f"{URL}/web/a")).status == 404
     assert (await client.post(f"{URL}/web/a/heartbeat")).status == 404
     assert (await client.get(f"{URL}/web/a")).status == 404
+    assert requests_counted("put", 201) == created_before + 2
+    assert REGISTRY.get_sample_value("sdbridge_registry_instances") == 1
 
 
 BAD_REQUESTS = [

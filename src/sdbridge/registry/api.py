@@ -25,13 +25,14 @@ import contextlib
 import hmac
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from .. import metrics
 from ..daemon import Daemon
 from ..defaults import reachable_address
 from ..errors import ConfigError, SdbridgeError
@@ -337,17 +338,34 @@ async def get_instance(request: web.Request) -> web.Response:
     return _json(found.to_json())
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _counted(operation: str, handler: Handler) -> Handler:
+    """``handler``, counting its answers in ``sdbridge_registry_requests_total``."""
+
+    async def counted(request: web.Request) -> web.Response:
+        response = await handler(request)
+        metrics.REGISTRY_REQUESTS.labels(operation=operation, code=str(response.status)).inc()
+        return response
+
+    counted.__doc__ = handler.__doc__
+    return counted
+
+
 def add_registry_routes(app: web.Application, daemon: Daemon) -> RegistryAPI:
     """Add the registry API to ``app``; its store opens on first use and closes on cleanup."""
     api = RegistryAPI(daemon)
     app[API_KEY] = api
     one = PREFIX + "/{service}/{instance}"
-    app.router.add_get(PREFIX, list_instances)
-    app.router.add_get(PREFIX + "/{service}", list_instances)
-    app.router.add_get(one, get_instance)
-    app.router.add_put(one, put_instance, name="registry-put")
-    app.router.add_delete(one, delete_instance, name="registry-delete")
-    app.router.add_post(one + "/heartbeat", heartbeat, name="registry-heartbeat")
+    app.router.add_get(PREFIX, _counted("get", list_instances))
+    app.router.add_get(PREFIX + "/{service}", _counted("get", list_instances))
+    app.router.add_get(one, _counted("get", get_instance))
+    app.router.add_put(one, _counted("put", put_instance), name="registry-put")
+    app.router.add_delete(one, _counted("delete", delete_instance), name="registry-delete")
+    app.router.add_post(
+        one + "/heartbeat", _counted("heartbeat", heartbeat), name="registry-heartbeat"
+    )
     exempt = app.get(AUTH_EXEMPT_KEY)
     if exempt is not None:
         exempt.append(authorizes_itself)  # token-guarded writes skip basic auth

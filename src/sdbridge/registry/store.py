@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .. import metrics
 from ..durations import format_duration, parse_duration
 from ..errors import BackendError, SdbridgeError
 from ..model import is_valid_address, is_valid_label_name
@@ -275,6 +276,7 @@ class Store:
         if expired:
             await store._expire(expired, now)
             log.info("removed %d registration(s) whose ttl ran out while stopped", len(expired))
+        metrics.REGISTRY_INSTANCES.set(len(store._instances))
         store._expiry_task = asyncio.create_task(
             store._expiry_loop(), name=f"registry-expiry:{path}"
         )
@@ -523,12 +525,14 @@ class Store:
         key = (service, instance)
         deleted = await self._write("DELETE FROM instances WHERE service=? AND instance=?", key)
         existed = self._instances.pop(key, None) is not None
+        metrics.REGISTRY_INSTANCES.set(len(self._instances))
         if existed:
             self._notify({key})
         return bool(deleted) or existed
 
     def _set(self, instance: Instance) -> None:
         self._instances[instance.key] = instance
+        metrics.REGISTRY_INSTANCES.set(len(self._instances))
         heapq.heappush(self._heap, (instance.expires_at, instance.service, instance.instance))
         if self._heap[0][0] == instance.expires_at:
             self._wake.set()  # the earliest expiry moved earlier
@@ -584,7 +588,9 @@ class Store:
             if current is not None and current.expires_at <= now:
                 del self._instances[key]
                 gone.add(key)
+        metrics.REGISTRY_INSTANCES.set(len(self._instances))
         if gone:
+            metrics.REGISTRY_EXPIRED.inc(len(gone))
             log.info("%d registration(s) expired", len(gone), extra={"count": len(gone)})
             self._notify(gone)
 
