@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
 
@@ -239,3 +241,81 @@ async def test_persistent_mode_sets_no_one_shot_watch_and_reads_nothing_for_dubb
     assert await settle(tree)
     assert addresses(tree) == {"127.0.0.1:1", "127.0.0.1:2"}
     assert zk.reads == []  # the event names the provider: nothing to read
+
+
+# --- model-based: any sequence of changes ends in the state a fresh read gives -------------
+
+_UNIVERSES = {
+    "serverset": ("/ss", ["/ss", "/ss/a", "/ss/b", "/ss/a/x", "/ss/a/y", "/ss/b/x", "/ss/b/x/z"]),
+    "curator": (
+        "/services",
+        [
+            "/services",
+            "/services/web",
+            "/services/web/a",
+            "/services/web/b",
+            "/services/api/a",
+            "/services/web/a/too-deep",
+        ],
+    ),
+    "dubbo": (
+        "/dubbo",
+        [
+            "/dubbo",
+            "/dubbo/a.B/providers",
+            "/dubbo/a.B/providers/dubbo%3A%2F%2F127.0.0.1%3A1%2Fa.B",
+            "/dubbo/a.B/providers/dubbo%3A%2F%2F127.0.0.1%3A2%2Fa.B",
+            "/dubbo/a.B/consumers/consumer%3A%2F%2F127.0.0.9%2Fa.B",
+            "/dubbo/c.D/providers/tri%3A%2F%2F127.0.0.1%3A3%2Fc.D",
+            "/dubbo/c.D/providers/not-a-url",
+        ],
+    ),
+}
+_DATA = {
+    "serverset": st.one_of(st.just(b""), st.integers(1, 5).map(member), st.just(b"{bad")),
+    "curator": st.one_of(st.just(b""), st.integers(1, 5).map(curator), st.just(b"{bad")),
+    "dubbo": st.just(b""),
+}
+
+
+@st.composite
+def _scenarios(draw: st.DrawFn) -> tuple[str, list[tuple[str, str, bytes, bool]]]:
+    layout = draw(st.sampled_from(sorted(_UNIVERSES)))
+    op = st.tuples(
+        st.sampled_from(["create", "set", "delete"]),
+        st.sampled_from(_UNIVERSES[layout][1]),
+        _DATA[layout],
+        st.booleans(),  # apply the events now, or let them pile up into one batch
+    )
+    return layout, draw(st.lists(op, max_size=25))
+
+
+@settings(max_examples=100)
+@given(scenario=_scenarios(), persistent=st.booleans())
+def test_any_change_sequence_converges(
+    scenario: tuple[str, list[tuple[str, str, bytes, bool]]], persistent: bool
+) -> None:
+    layout, ops = scenario
+    root = _UNIVERSES[layout][0]
+
+    async def run() -> None:
+        tree, zk = make_tree(layout, [root], persistent)
+        await tree.resync(watch=True)
+        for op, path, data, settle_now in ops:
+            if op == "create" and path not in zk.nodes:
+                zk.create(path, data)
+            elif op == "set" and path in zk.nodes:
+                zk.set(path, data)
+            elif op == "delete" and path in zk.nodes:
+                zk.delete(path)
+            if settle_now:
+                await settle(tree)
+        while tree.pending_count() or await settle(tree):
+            await settle(tree)
+        fresh, _ = make_tree(layout, [root])
+        fresh.session.client = zk
+        await fresh.resync(watch=False)
+        assert sorted(g.source for g in tree.groups()) == sorted(g.source for g in fresh.groups())
+        assert addresses(tree) == addresses(fresh)
+
+    asyncio.run(run())
