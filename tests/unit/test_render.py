@@ -138,3 +138,22 @@ def test_gc_pauses_nest_and_restore_the_collector() -> None:
         assert not gc.isenabled()  # a collector someone else disabled stays disabled
     finally:
         gc.enable()
+
+
+@given(
+    st.dictionaries(names, values, max_size=4),
+    st.lists(st.dictionaries(names, values, max_size=4), min_size=1, max_size=4),
+)
+def test_target_labels_override_group_labels_property(
+    group_labels: dict[str, str], target_labels: list[dict[str, str]]
+) -> None:
+    targets = tuple(
+        {**labels, "__address__": f"127.0.0.{n}:80"} for n, labels in enumerate(target_labels, 1)
+    )
+    g = TargetGroup(source="s", targets=targets, labels=group_labels)
+    decoded = orjson.loads(snapshot_of(g.merged_targets()).body)
+    assert len(decoded) == len(targets)  # distinct addresses: one entry each
+    for target in targets:
+        [entry] = [d for d in decoded if d["targets"] == [target["__address__"]]]
+        merged = {**group_labels, **target}
+        assert entry["labels"] == {k: v for k, v in merged.items() if k != "__address__" and v}
