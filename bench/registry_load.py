@@ -1,7 +1,7 @@
 """The built-in registry under a fleet's load: sdbridge vs an aiohttp no-op floor.
 
 Run: ``.venv/bin/python bench/registry_load.py [--instances 1000] [--heartbeat 10]
-[--churn 20] [--duration 60] [--wrk-duration 10] [--connections 32]``
+[--churn 20] [--duration 60] [--wrk-duration 5] [--rounds 3] [--connections 32]``
 
 In one run, on 127.0.0.1 and free ports:
 
@@ -18,10 +18,12 @@ Phases, each run against both servers with the same client:
    registered, an old one deregistered, in turn). Reports the requests/s sustained, p50
    and p99 latency, and sdbridge's publishes (``sdbridge_publish_total``) per second
    against the target changes per second.
-3. ``wrk heartbeat`` and ``wrk churn``: ``wrk`` (Debian) at saturation for
-   ``--wrk-duration`` s: heartbeats cycling over the instances, then PUTs that change a
-   target on every request (random instance out of 5,000, random port). Reports
-   requests/s, p99 and, for sdbridge, the publishes during the churn.
+3. ``wrk heartbeat`` and ``wrk churn``: ``wrk`` (Debian) at saturation, ``--rounds``
+   rounds of ``--wrk-duration`` s per server, alternating between the two servers (so
+   that load from anything else on the machine falls on both alike): heartbeats cycling
+   over the instances, then PUTs that change a target on every request (random instance
+   out of 5,000, random port). Reports the median requests/s and p99 and, for sdbridge,
+   the publishes during the churn.
 
 The publish rate must follow the job's quiescence delay (``publish_delay``, default min
 250 ms, max 2 s: at most 4 publishes/s, and about 0.5/s under continuous churn), not the
@@ -35,6 +37,7 @@ import asyncio
 import json
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,6 +147,11 @@ class Client:
         except aiohttp.ClientError:
             self.errors += 1
         self.latencies.append(time.perf_counter() - started)
+
+
+async def reregister(url: str, instances: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        await register_all(Client(url, session), instances)
 
 
 async def register_all(client: Client, instances: int) -> float:
@@ -260,7 +268,8 @@ def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=10.0)
     parser.add_argument("--churn", type=float, default=20.0, help="registration changes per second")
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--wrk-duration", type=float, default=10.0)
+    parser.add_argument("--wrk-duration", type=float, default=5.0, help="seconds per wrk round")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk rounds per server, alternating")
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
 
@@ -296,19 +305,45 @@ def main() -> None:
                     flush=True,
                 )
                 results[name] = asyncio.run(client_phases(url, args, name == "sdbridge"))
-                # Right after the steady phase, so every instance is still registered.
-                for scenario, script in (("heartbeat", WRK_HEARTBEAT), ("churn", WRK_CHURN)):
-                    lua = script.replace("{api}", API).replace("{instances}", str(args.instances))
-                    print(f"[{name}] wrk {scenario} {args.wrk_duration:g}s ...", flush=True)
-                    before = publishes(bridge_url)
-                    started = time.monotonic()
-                    rps, p99, non2xx = run_wrk(
-                        url, lua, args.wrk_duration, args.connections, workdir, f"{scenario}-{name}"
+            # The instances' ttls ran out during the floor's turn: register them again.
+            asyncio.run(reregister(bridge_url, args.instances))
+            # wrk rounds alternate between the two servers, so that load from anything
+            # else on the machine falls on both alike; medians are reported.
+            for scenario, script in (("heartbeat", WRK_HEARTBEAT), ("churn", WRK_CHURN)):
+                lua = script.replace("{api}", API).replace("{instances}", str(args.instances))
+                samples: dict[str, list[tuple[float, float, int]]] = {"sdbridge": [], "floor": []}
+                published_total = 0.0
+                elapsed_total = 0.0
+                for round_ in range(args.rounds):
+                    order = [("sdbridge", bridge_url), ("floor", floor_url)]
+                    for name, url in order if round_ % 2 == 0 else order[::-1]:
+                        print(
+                            f"[{name}] wrk {scenario} round {round_ + 1}/{args.rounds} ...",
+                            flush=True,
+                        )
+                        before = publishes(bridge_url)
+                        started = time.monotonic()
+                        samples[name].append(
+                            run_wrk(
+                                url,
+                                lua,
+                                args.wrk_duration,
+                                args.connections,
+                                workdir,
+                                f"{scenario}-{name}",
+                            )
+                        )
+                        if name == "sdbridge":
+                            elapsed_total += time.monotonic() - started
+                            after = publishes(bridge_url)
+                            published_total += after.get("http", 0) - before.get("http", 0)
+                for name, runs in samples.items():
+                    wrk[(scenario, name)] = (
+                        statistics.median(r[0] for r in runs),
+                        statistics.median(r[1] for r in runs),
+                        sum(r[2] for r in runs),
+                        published_total / elapsed_total,
                     )
-                    elapsed = time.monotonic() - started
-                    after = publishes(bridge_url)
-                    published = (after.get("http", 0) - before.get("http", 0)) / elapsed
-                    wrk[(scenario, name)] = (rps, p99, non2xx, published)
             db = workdir / "data" / "registry.db"
             db_size = sum(p.stat().st_size for p in db.parent.glob("registry.db*"))
         finally:
@@ -320,7 +355,7 @@ def main() -> None:
     print(
         f"registry load: {args.instances} instances heartbeating every {args.heartbeat:g}s, "
         f"{args.churn:g} registration changes/s, {args.duration:g}s steady; wrk -c{args.connections} "
-        f"{args.wrk_duration:g}s"
+        f"{args.rounds} x {args.wrk_duration:g}s alternating, medians"
     )
     print(f"{'phase':<28}{'sdbridge':>14}{'floor':>14}{'ratio':>10}")
 
