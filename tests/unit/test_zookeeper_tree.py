@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
 
 from sdbridge.discovery.base import DiscoveryContext
-from sdbridge.discovery.zookeeper import SHAPES, _Session, _Tree
+from sdbridge.discovery.zookeeper import SHAPES, _MultiRead, _Session, _Tree
 
 
 class FakeResult:
@@ -40,6 +41,19 @@ class FakeZooKeeper:
         self.reads: list[tuple[str, str]] = []
         self.recursive_watches: set[str] = set()
         self.sink: Callable[[int, str], None] | None = None
+
+    def read_many(self, ops: list[tuple[int, str]]) -> FakeResult:
+        """``multiRead``: each read answered on its own, errors included."""
+        answers: list[Any] = []
+        for op_type, path in ops:
+            self.reads.append(("multiRead", path))
+            if path not in self.nodes:
+                answers.append(NoNodeError())
+            elif op_type == 4:
+                answers.append((self.nodes[path], None))
+            else:
+                answers.append(self._children(path))
+        return FakeResult(answers)
 
     def add_watch(self, path: str) -> FakeResult:
         """``addWatch(path, PERSISTENT_RECURSIVE)``."""
@@ -128,6 +142,8 @@ def make_tree(
     session.changed = asyncio.Event()
     session.client = fake
     session.persistent = persistent
+    session.multi_read = persistent  # unwatched reads go in multiRead requests then
+    session.read_many = fake.read_many  # type: ignore[method-assign]
     session.event_sink = None
     session.add_watch = fake.add_watch  # type: ignore[method-assign]
     tree = _Tree(session, SHAPES[layout], roots, context)
@@ -241,6 +257,43 @@ async def test_persistent_mode_sets_no_one_shot_watch_and_reads_nothing_for_dubb
     assert await settle(tree)
     assert addresses(tree) == {"127.0.0.1:1", "127.0.0.1:2"}
     assert zk.reads == []  # the event names the provider: nothing to read
+
+
+def test_multi_read_wire_format() -> None:
+    request = _MultiRead([(4, "/a"), (8, "/b"), (4, "/gone")]).serialize()
+    assert bytes(request) == (
+        struct.pack("!iBi", 4, 0, -1)
+        + struct.pack("!i", 2)
+        + b"/a\x00"
+        + struct.pack("!iBi", 8, 0, -1)
+        + struct.pack("!i", 2)
+        + b"/b\x00"
+        + struct.pack("!iBi", 4, 0, -1)
+        + struct.pack("!i", 5)
+        + b"/gone\x00"
+        + struct.pack("!iBi", -1, 1, -1)
+    )
+    stat = struct.pack("!qqqqiiiqiiq", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+    reply = (
+        struct.pack("!iBi", 4, 0, 0)
+        + struct.pack("!i", 3)
+        + b"abc"
+        + stat
+        + struct.pack("!iBi", 8, 0, 0)
+        + struct.pack("!i", 2)
+        + struct.pack("!i", 1)
+        + b"x"
+        + struct.pack("!i", 1)
+        + b"y"
+        + struct.pack("!iBi", -1, 0, -101)
+        + struct.pack("!i", -101)
+        + struct.pack("!iBi", -1, 1, -1)
+    )
+    data, children, error = _MultiRead.deserialize(reply, 0)
+    assert data[0] == b"abc"
+    assert data[1].czxid == 1
+    assert children == ["x", "y"]
+    assert isinstance(error, NoNodeError)
 
 
 # --- model-based: any sequence of changes ends in the state a fresh read gives -------------

@@ -55,9 +55,18 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NoNodeError, UnimplementedError
-from kazoo.protocol.serialization import Watch, int_struct, write_string
-from kazoo.protocol.states import EventType, WatchedEvent
+from kazoo.exceptions import EXCEPTIONS, KazooException, NoNodeError, UnimplementedError
+from kazoo.protocol.serialization import (
+    MultiHeader,
+    Watch,
+    int_struct,
+    multiheader_struct,
+    read_buffer,
+    read_string,
+    stat_struct,
+    write_string,
+)
+from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..durations import Duration
@@ -547,6 +556,62 @@ class _AddWatch:
         return True
 
 
+# ZooKeeper 3.6+ ``multiRead`` (opcode 22): many getData/getChildren in one request, each
+# answered on its own (an error for one read does not fail the others). Reads without
+# watches (resyncs under persistent watches, polls) use it: a few requests instead of
+# one per znode. kazoo sends only write transactions, so the request is built here.
+_MULTI_READ_OPCODE = 22
+_GET_DATA, _GET_CHILDREN, _ERROR_RESULT = 4, 8, -1
+_MULTI_READ_MAX = 500  # reads per request; keeps each answer well under a megabyte here
+
+
+class _MultiRead:
+    """A ``multiRead`` request of (op type, path) reads, none of which sets a watch."""
+
+    type = _MULTI_READ_OPCODE
+
+    def __init__(self, ops: list[tuple[int, str]]) -> None:
+        self.ops = ops
+
+    def serialize(self) -> bytearray:
+        """``MultiOperationRecord``: a header and a request per op, then a done header."""
+        body = bytearray()
+        for op_type, path in self.ops:
+            body.extend(MultiHeader(op_type, False, -1).serialize())
+            body.extend(write_string(path))
+            body.append(0)  # watch: false
+        body.extend(multiheader_struct.pack(-1, True, -1))
+        return body
+
+    @classmethod
+    def deserialize(cls, buffer: bytes, offset: int) -> list[Any]:
+        """``MultiResponse``: (data, stat), a list of children, or the op's exception."""
+        results: list[Any] = []
+        header, offset = MultiHeader.deserialize(buffer, offset)
+        while not header.done:
+            if header.type == _GET_DATA:
+                data, offset = read_buffer(buffer, offset)
+                stat = ZnodeStat._make(stat_struct.unpack_from(buffer, offset))
+                offset += stat_struct.size
+                results.append((data, stat))
+            elif header.type == _GET_CHILDREN:
+                count = int_struct.unpack_from(buffer, offset)[0]
+                offset += int_struct.size
+                children = []
+                for _ in range(max(count, 0)):
+                    child, offset = read_string(buffer, offset)
+                    children.append(child)
+                results.append(children)
+            elif header.type == _ERROR_RESULT:
+                code = int_struct.unpack_from(buffer, offset)[0]
+                offset += int_struct.size
+                results.append(EXCEPTIONS[code]())
+            else:
+                raise ValueError(f"unexpected multiRead result type {header.type}")
+            header, offset = MultiHeader.deserialize(buffer, offset)
+        return results
+
+
 def _supports_add_watch(client: Any) -> bool:
     """Whether kazoo's internals are the ones the addWatch bridge relies on (2.x)."""
     connection = getattr(client, "_connection", None)
@@ -572,6 +637,7 @@ class _Session:
         # Where persistent-watch events go (kazoo thread), once a tree subscribes.
         self.event_sink: Callable[[int, str], None] | None = None
         self.persistent = config.persistent_watches and _supports_add_watch(self.client)
+        self.multi_read = _supports_add_watch(self.client)  # the same kazoo internals
         if self.persistent:
             self._hook_watch_events()
 
@@ -590,6 +656,12 @@ class _Session:
             return result
 
         connection._read_watch_event = read_watch_event
+
+    def read_many(self, ops: list[tuple[int, str]]) -> Any:
+        """Send one ``multiRead`` of ``ops``; return kazoo's async result."""
+        result = self.client.handler.async_result()
+        self.client._call(_MultiRead(ops), result)
+        return result
 
     def add_watch(self, path: str) -> Any:
         """Send ``addWatch(path, PERSISTENT_RECURSIVE)``; return kazoo's async result."""
@@ -690,9 +762,10 @@ class _Session:
         else:
             submit()
         results = await asyncio.gather(*futures, return_exceptions=True)
-        return [self._wrap(r, what) for r, (_, _, what) in zip(results, requests, strict=True)]
+        return [self.wrap(r, what) for r, (_, _, what) in zip(results, requests, strict=True)]
 
-    def _wrap(self, result: Any, what: str) -> Any:
+    def wrap(self, result: Any, what: str) -> Any:
+        """A kazoo result as sdbridge sees it: a value, :class:`_Gone` or BackendError."""
         if isinstance(result, NoNodeError):
             return _Gone(what)
         if isinstance(result, KazooException):
@@ -700,6 +773,13 @@ class _Session:
             error.__cause__ = result
             return error
         return result
+
+
+_VERB = {_GET_DATA: "reading", _GET_CHILDREN: "listing"}
+
+
+def _unimplemented(reply: Any) -> bool:
+    return isinstance(reply, BackendError) and isinstance(reply.__cause__, UnimplementedError)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
@@ -842,9 +922,7 @@ class _Tree:
         session = self.session
         requests: list[_Request] = [(session.add_watch, (r,), f"watching {r}") for r in self.roots]
         for result in await session.batch(requests):
-            if isinstance(result, BackendError) and isinstance(
-                result.__cause__, UnimplementedError
-            ):
+            if _unimplemented(result):
                 self.context.logger.warning(
                     "ZooKeeper %s has no persistent watches (it predates 3.6); "
                     "using one-shot watches",
@@ -887,9 +965,8 @@ class _Tree:
                 fetches.setdefault(*missing)
             elif self.shape.reads_data(depth):
                 reads.append(path)
-        client = self.session.client
-        requests: list[_Request] = [(client.get_async, (p, None), f"reading {p}") for p in reads]
-        for path, result in zip(reads, await self.session.batch(requests), strict=True):
+        answers = await self._read_all([(_GET_DATA, p) for p in reads], watch=False)
+        for path, result in zip(reads, answers, strict=True):
             node = self.nodes.get(path)
             if node is None:
                 continue
@@ -1050,6 +1127,49 @@ class _Tree:
             return (client.get_async, (path, self.data_watcher), f"reading {path}")
         return (client.get_children_async, (path, self.child_watcher), f"listing {path}")
 
+    async def _read_all(self, ops: list[tuple[int, str]], *, watch: bool) -> list[Any]:
+        """Run (op type, path) reads; each answer is a value, :class:`_Gone` or BackendError.
+
+        Without watches they go in ``multiRead`` requests when the server has them.
+        """
+        session = self.session
+        if not watch and session.multi_read and len(ops) > 1:
+            chunks = [ops[i : i + _MULTI_READ_MAX] for i in range(0, len(ops), _MULTI_READ_MAX)]
+            requests: list[_Request] = [
+                (session.read_many, (chunk,), f"reading {len(chunk)} znodes") for chunk in chunks
+            ]
+            replies = await session.batch(requests)
+            if not any(_unimplemented(reply) for reply in replies):
+                answers: list[Any] = []
+                for chunk, reply in zip(chunks, replies, strict=True):
+                    if isinstance(reply, BaseException):
+                        raise reply
+                    if len(reply) != len(chunk):
+                        raise BackendError(
+                            f"ZooKeeper {session.hosts}: multiRead answered {len(reply)} "
+                            f"results for {len(chunk)} reads"
+                        )
+                    answers.extend(
+                        session.wrap(answer, f"{_VERB[op_type]} {path}")
+                        for (op_type, path), answer in zip(chunk, reply, strict=True)
+                    )
+                return answers
+            self.context.logger.info(
+                "ZooKeeper %s has no multiRead (it predates 3.6): one request per znode",
+                session.hosts,
+            )
+            session.multi_read = False
+        client = session.client
+        data_watch = self.data_watcher if watch else None
+        child_watch = self.child_watcher if watch else None
+        singles: list[_Request] = [
+            (client.get_async, (path, data_watch), f"reading {path}")
+            if op_type == _GET_DATA
+            else (client.get_children_async, (path, child_watch), f"listing {path}")
+            for op_type, path in ops
+        ]
+        return await session.batch(singles)
+
     async def _fetch(self, starts: list[tuple[str, int]], *, watch: bool) -> dict[str, _Node]:
         """Read the subtrees at ``starts`` (path, depth), level by level; pure I/O.
 
@@ -1058,19 +1178,16 @@ class _Tree:
         """
         client, shape = self.session.client, self.shape
         data_watch = self.data_watcher if watch else None
-        child_watch = self.child_watcher if watch else None
         out: dict[str, _Node] = {}
         frontier = starts
         while frontier:
-            requests: list[_Request] = []
+            ops: list[tuple[int, str]] = []
             for path, depth in frontier:
                 if shape.reads_data(depth):
-                    requests.append((client.get_async, (path, data_watch), f"reading {path}"))
+                    ops.append((_GET_DATA, path))
                 if shape.lists_children(depth):
-                    requests.append(
-                        (client.get_children_async, (path, child_watch), f"listing {path}")
-                    )
-            results = iter(await self.session.batch(requests))
+                    ops.append((_GET_CHILDREN, path))
+            results = iter(await self._read_all(ops, watch=watch))
             missing_roots: list[str] = []
             next_frontier: list[tuple[str, int]] = []
             for path, depth in frontier:
