@@ -25,7 +25,8 @@ are private to kazoo but unchanged through 2.x, and are checked before use. With
 on a server before 3.6, or with ``persistent_watches: false``, sdbridge uses one-shot
 child and data watches instead, re-armed by the very read that answers each event, so no
 change can slip between an event and the re-read. Either way only what a layout needs is
-read (for Dubbo, ``providers`` and not ``consumers``).
+read (for Dubbo, ``providers`` and not ``consumers``). Reads that set no watch go in
+``multiRead`` requests (3.6+, also built here), a few hundred reads per request.
 
 Sessions. kazoo runs its own threads; its callbacks only hop back into the event loop
 with ``loop.call_soon_threadsafe``, and every request is awaited as an asyncio future,
