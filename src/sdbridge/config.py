@@ -86,7 +86,8 @@ class OutputConfig(StrictModel):
     @field_validator("file_mode", mode="before")
     @classmethod
     def _octal(cls, value: Any) -> Any:
-        # "0644" in YAML is a string or, unquoted, the integer 644; both mean octal.
+        # Always octal digits: "0644" (a string), or 0644 / 644 unquoted, which the config
+        # loader reads as the integer 644 (no YAML 1.1 implicit octal, see _ConfigLoader).
         if isinstance(value, str | int) and not isinstance(value, bool):
             try:
                 mode = int(str(value), 8)
@@ -269,6 +270,20 @@ def resolve_paths(config: ConfigBase, base_dir: Path) -> ConfigBase:
     return config.model_copy(update={"jobs": jobs, "global_": global_, "registry": registry})
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 minus implicit octal: ``0644`` is 644, not 420, so ``file_mode: 0644`` works."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    if re.fullmatch(r"[-+]?0[0-7]+", text):
+        return int(text, 10)
+    return int(loader.construct_yaml_int(node))
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def load_config(path: Path) -> ConfigBase:
     """Read, parse and validate a config file; errors name the file, line or path."""
     try:
@@ -278,7 +293,7 @@ def load_config(path: Path) -> ConfigBase:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -279,3 +279,18 @@ def test_parse_config_without_a_file_resolves_against_the_cwd(
         }
     )
     assert config.jobs[0].output.file == tmp_path / "a.json"
+
+
+@pytest.mark.parametrize("text", ["0644", "644", "'0644'", '"644"', "0o644"])
+def test_file_mode_is_octal_however_it_is_written(tmp_path: Path, text: str) -> None:
+    path = write(
+        tmp_path, f"jobs: [{{name: a, {EXEC}, output: {{file: a.json, file_mode: {text}}}}}]"
+    )
+    assert load_config(path).jobs[0].output.file_mode == 0o644
+
+
+def test_file_mode_0600(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, f"jobs: [{{name: a, {EXEC}, output: {{file: a.json, file_mode: 0600}}}}]"
+    )
+    assert load_config(path).jobs[0].output.file_mode == 0o600
