@@ -78,6 +78,10 @@ _THROTTLED_BACKOFF = (5.0, 120.0)  # HTTP 429: Consul's per-client connection li
 # long for the other long-polls, so their cheap targeted reads go (and get published)
 # before a sweep takes the CPU.
 _SWEEP_SETTLE = 0.3
+# Two blocking queries of one kind start at least this far apart: under churn, answers
+# are coalesced instead of re-downloaded back to back, and a server that answers at once
+# without a new index (hashicorp/consul#3712) is not hammered.
+_MIN_POLL_GAP = 0.25
 
 
 class TLSConfig(BaseModel):
@@ -714,8 +718,13 @@ class _Watch:
         errors = Backoff(*_ERROR_BACKOFF)
         throttled = Backoff(*_THROTTLED_BACKOFF)
         gap = False
+        last_start = float("-inf")
         while True:
             index = self.indexes[kind]
+            wait = last_start + _MIN_POLL_GAP - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last_start = time.monotonic()
             try:
                 # After a gap, ask without blocking: the answer must come at once.
                 answer = await self._poll_request(kind, 0 if gap else index)
