@@ -262,7 +262,7 @@ def resolve_paths(config: ConfigBase, base_dir: Path) -> ConfigBase:
         for mechanism in mechanisms().values():
             entries = getattr(job, mechanism.config_key, None)
             if entries:
-                update[mechanism.config_key] = [e.resolve_paths(base_dir) for e in entries]
+                update[mechanism.config_key] = [_resolved(e, base_dir) for e in entries]
         jobs.append(job.model_copy(update=update))
     data_dir = resolve_path(config.global_.data_dir, base_dir)
     global_ = config.global_.model_copy(update={"data_dir": data_dir})
@@ -282,6 +282,12 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _resolved(entry: MechanismConfig, base_dir: Path) -> MechanismConfig:
+    # A plugin's config may be a plain pydantic model without the hook: no paths, then.
+    resolve = getattr(entry, "resolve_paths", None)
+    return resolve(base_dir) if callable(resolve) else entry
 
 
 def load_config(path: Path) -> ConfigBase:
