@@ -8,11 +8,14 @@ generated inputs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from sdbridge.relabel import (
@@ -25,6 +28,8 @@ from sdbridge.relabel import (
     go_upper,
     process,
 )
+
+from .fakes import group, make_job, until
 
 BASE = {"__address__": "127.0.0.1:9100", "a": "x", "b": "y", "__meta_k": "v"}
 
@@ -579,3 +584,42 @@ def test_process_never_raises(labels: dict[str, str], template: str) -> None:
     assert labels == before
     assert result is not None
     assert all(v != "" for v in result.values())
+
+
+async def test_relabeling_runs_in_the_job_before_outputs() -> None:
+    """Dropped targets never reach an output; invalid results are skipped and counted."""
+    name = "relabel-job"
+    rules = [
+        {"action": "drop", "source_labels": ["env"], "regex": "dev"},
+        {"action": "labelmap", "regex": "__meta_(.*)"},
+        {"action": "labeldrop", "regex": "__meta_.*"},
+        # Breaks __address__ of the "broken" target: skipped as invalid, not published.
+        {
+            "source_labels": ["role"],
+            "regex": "broken",
+            "target_label": "__address__",
+            "replacement": "no-port",
+        },
+    ]
+    job, (fake,), out = make_job(name=name, relabel_configs=rules)
+    labels = {"job": name, "mechanism": "exec"}
+    invalid_before = REGISTRY.get_sample_value("sdbridge_invalid_targets_total", labels) or 0.0
+    task = asyncio.create_task(job.run())
+    try:
+        await fake.send(
+            [
+                group("a", {"__address__": "127.0.0.1:1", "env": "prod", "__meta_zone": "z1"}),
+                group("b", {"__address__": "127.0.0.1:2", "env": "dev"}),
+                group("c", {"__address__": "127.0.0.1:3", "role": "broken"}),
+            ]
+        )
+        await until(lambda: job.snapshot is not None)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert job.snapshot is not None
+    assert job.snapshot.targets() == [{"__address__": "127.0.0.1:1", "env": "prod", "zone": "z1"}]
+    assert [s.target_count for s in out.snapshots] == [1]
+    invalid_after = REGISTRY.get_sample_value("sdbridge_invalid_targets_total", labels) or 0.0
+    assert invalid_after == invalid_before + 1
