@@ -17,8 +17,11 @@ fleet produces:
 - ``gzip``: ``Accept-Encoding: gzip`` (what Prometheus's Go client sends);
 - ``304``: ``If-None-Match`` with the server's own current ETag.
 
-It prints requests/s and p99 latency for both and the ratios sdbridge / nginx. nginx is a
-ceiling, not a peer: a C server doing sendfile from the page cache.
+It prints requests/s, p99 latency and the server's CPU time per request (user + system
+time of its process group, from /proc) for both, and the ratios sdbridge / nginx. CPU
+time per request is the figure to trust on a shared machine: throughput and latency
+move with whatever else runs on the cores. nginx is a ceiling, not a peer: a C server
+doing sendfile from the page cache.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import re
 import subprocess
 import sys
@@ -126,8 +130,26 @@ def seconds(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
-    """Run wrk once; return requests/s, p99 latency (s), transfer/s and error count."""
+def cpu_seconds(process_group: int) -> float:
+    """User + system CPU time of every live process in ``process_group`` (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state ppid pgrp session ... utime(12) stime(13), 0-based.
+        if int(fields[2]) == process_group:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def wrk(
+    url: str, headers: dict[str, str], args: argparse.Namespace, server_group: int
+) -> dict[str, float]:
+    """Run wrk once; return requests/s, p99 latency (s) and server CPU time per request."""
+    cpu_before = cpu_seconds(server_group)
     argv = [
         "wrk",
         f"-t{args.threads}",
@@ -142,13 +164,15 @@ def wrk(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict[str
     out = subprocess.run(
         [*argv, url], capture_output=True, text=True, check=True, timeout=args.duration + 60
     ).stdout
+    cpu = cpu_seconds(server_group) - cpu_before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = seconds(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     if errors or socket_errors:
         print(f"  warning: {url} {headers}: {(errors or socket_errors).group(0)}")  # type: ignore[union-attr]
-    return {"rps": rps, "p99": p99}
+    return {"rps": rps, "p99": p99, "cpu_us": cpu / max(requests, 1) * 1e6}
 
 
 def main() -> int:
@@ -205,15 +229,16 @@ def main() -> int:
             }
             rows = []
             for name, (sd_h, nginx_h) in scenarios.items():
-                ours = wrk(sd_url, sd_h, args)
+                ours = wrk(sd_url, sd_h, args, bridge.process.pid)
                 time.sleep(1)
-                theirs = wrk(nginx_url, nginx_h, args)
+                theirs = wrk(nginx_url, nginx_h, args, nginx.pid)
                 time.sleep(1)
                 rows.append((name, ours, theirs))
             print()
             print(
                 f"{'scenario':<10}{'sdbridge req/s':>16}{'nginx req/s':>14}{'ratio':>8}"
                 f"{'sdbridge p99':>15}{'nginx p99':>12}{'ratio':>8}"
+                f"{'sdbridge CPU/req':>18}{'nginx CPU/req':>15}{'ratio':>8}"
             )
             for name, ours, theirs in rows:
                 print(
@@ -221,8 +246,14 @@ def main() -> int:
                     f"{ours['rps'] / theirs['rps']:>8.2f}"
                     f"{ours['p99'] * 1000:>13.2f}ms{theirs['p99'] * 1000:>10.2f}ms"
                     f"{ours['p99'] / theirs['p99']:>8.2f}"
+                    f"{ours['cpu_us']:>16.0f}us{theirs['cpu_us']:>13.0f}us"
+                    f"{ours['cpu_us'] / max(theirs['cpu_us'], 1e-9):>8.2f}"
                 )
-            print("\nratio = sdbridge / nginx (throughput: higher is better; p99: lower is better)")
+            print(
+                "\nratio = sdbridge / nginx (throughput: higher is better; p99 and CPU time per"
+                "\nrequest: lower is better). CPU/req is the server's own user+system time per"
+                "\nrequest served: it holds steady when other work shares the cores."
+            )
         finally:
             if nginx is not None:
                 nginx.stop()

@@ -18,9 +18,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from .. import metrics
 from ..config import JOB_NAME_RE
@@ -187,6 +188,7 @@ def etag_matches(header: str, etags: tuple[str, ...]) -> bool:
     return False
 
 
+@lru_cache(maxsize=64)  # clients repeat the same header on every poll
 def accepts_gzip(header: str) -> bool:
     """Whether an Accept-Encoding header allows gzip (``gzip;q=0`` refuses it)."""
     allowed = False
@@ -211,8 +213,13 @@ def accepts_gzip(header: str) -> bool:
     return allowed
 
 
+@lru_cache(maxsize=1024)  # job names are checked against the config first: bounded
+def _counter(job: str, code: int) -> Counter:
+    return metrics.HTTP_SD_REQUESTS.labels(job=job, code=str(code))
+
+
 def _plain(status: int, text: str, job: str, headers: dict[str, str] | None = None) -> web.Response:
-    metrics.HTTP_SD_REQUESTS.labels(job=job, code=str(status)).inc()
+    _counter(job, status).inc()
     return web.Response(status=status, text=text + "\n", headers=headers)
 
 
@@ -253,7 +260,7 @@ def make_handler(
         exists, snapshot = get_snapshot(name)
         if not exists:
             return _plain(404, f"no job named {name!r}", "")
-        params = _shard_params(dict(request.query))
+        params = _shard_params(dict(request.query)) if request.query_string else None
         if isinstance(params, str):
             return _plain(400, params, name)
         if snapshot is None:
@@ -271,14 +278,14 @@ def make_handler(
         }
         if_none_match = request.headers.get("If-None-Match")
         if if_none_match and etag_matches(if_none_match, (rep.etag, f"{rep.etag}-gzip")):
-            metrics.HTTP_SD_REQUESTS.labels(job=name, code="304").inc()
+            _counter(name, 304).inc()
             return web.Response(status=304, headers=headers)
         headers["Content-Type"] = JSON_CONTENT_TYPE
         body = rep.body
         if use_gzip:
             body = await rep.gzipped()
             headers["Content-Encoding"] = "gzip"
-        metrics.HTTP_SD_REQUESTS.labels(job=name, code="200").inc()
+        _counter(name, 200).inc()
         return web.Response(body=body, headers=headers)
 
     return http_sd
