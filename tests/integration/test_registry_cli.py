@@ -115,7 +115,16 @@ def test_readme_command_in_a_fresh_copy_shows_a_target_within_seconds(tmp_path: 
     unshare = require_binary("unshare")
     ip = require_binary("ip")
     process = ManagedProcess(
-        [unshare, "--net", "sh", "-c", f"{ip} link set lo up && exec {run_part}"],
+        # A user namespace too, so this needs no root where unprivileged namespaces are allowed.
+        [
+            unshare,
+            "--user",
+            "--map-root-user",
+            "--net",
+            "sh",
+            "-c",
+            f"{ip} link set lo up && exec {run_part}",
+        ],
         log_path=tmp_path / "sdbridge.log",
         cwd=clone,
     )

@@ -352,3 +352,25 @@ async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
         await store.put("web", "b", "127.0.0.1:81", {}, 60)
     with pytest.raises(BackendError, match="closed"):
         await store.heartbeat("web", "a")
+
+
+async def test_heartbeats_are_written_behind_and_flushed_on_close(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+
+    def expiry_on_disk() -> float:
+        with sqlite3.connect(path) as db:
+            return float(db.execute("SELECT expires_at FROM instances").fetchone()[0])
+
+    store = await Store.open(path)
+    first, _ = await store.put("web", "a", "127.0.0.1:80", {}, 60)
+    await asyncio.sleep(0.05)
+    renewed = await store.heartbeat("web", "a")
+    assert renewed is not None
+    assert renewed.expires_at > first.expires_at
+    await eventually(lambda: expiry_on_disk() == renewed.expires_at, "the heartbeat on disk")
+
+    await asyncio.sleep(0.05)
+    last = await store.heartbeat("web", "a")
+    assert last is not None
+    await store.close()  # before the write-behind delay: close writes it
+    assert expiry_on_disk() == last.expires_at

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import heapq
 import logging
@@ -75,6 +76,17 @@ CREATE TABLE IF NOT EXISTS instances (
     PRIMARY KEY (service, instance)
 ) WITHOUT ROWID
 """
+
+
+_UPSERT = (
+    "INSERT INTO instances (service, instance, address, labels, ttl, expires_at, registered_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, instance) DO UPDATE SET"
+    " address=excluded.address, labels=excluded.labels, ttl=excluded.ttl,"
+    " expires_at=excluded.expires_at"
+)
+_RENEW = "UPDATE instances SET expires_at=? WHERE service=? AND instance=?"
+HEARTBEAT_WRITE_DELAY = 1.0
+"""Seconds within which a heartbeat's new expiry reaches the database."""
 
 
 class RegistrationError(SdbridgeError):
@@ -231,6 +243,19 @@ class _Write:
     done: asyncio.Future[int]
 
 
+def _row(instance: Instance) -> tuple[Any, ...]:
+    labels = orjson.dumps(instance.labels, option=orjson.OPT_SORT_KEYS).decode()
+    return (
+        instance.service,
+        instance.instance,
+        instance.address,
+        labels,
+        instance.ttl,
+        instance.expires_at,
+        instance.registered_at,
+    )
+
+
 # --- the store ---------------------------------------------------------------------------
 
 
@@ -255,6 +280,9 @@ class Store:
         self._batch: list[_Write] = []
         self._batch_ready = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        # Heartbeats are written behind: renewed in memory at once, persisted in batches.
+        self._dirty: set[Key] = set()
+        self._dirty_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -330,6 +358,9 @@ class Store:
         """Stop expiry and close the database; pending writes finish first."""
         if self._closed:
             return
+        if self._dirty_timer is not None:
+            self._dirty_timer.cancel()
+        self._queue_dirty()  # heartbeats not persisted yet
         self._closed = True
         if self._expiry_task is not None:
             self._expiry_task.cancel()
@@ -356,12 +387,15 @@ class Store:
 
     async def _write(self, sql: str, params: Any, *, many: bool = False) -> int:
         """Queue one statement for the next group commit; its row count once committed."""
+        return await self._enqueue(sql, params, many=many)
+
+    def _enqueue(self, sql: str, params: Any, *, many: bool = False) -> asyncio.Future[int]:
         if self._closed:
             raise BackendError(f"registry database {self.path} is closed")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._batch.append(_Write(sql, params, many, done))
         self._batch_ready.set()
-        return await done
+        return done
 
     async def _flush_loop(self) -> None:
         # Whatever queued while the previous batch was committing goes in one transaction:
@@ -459,8 +493,48 @@ class Store:
         )
 
     async def heartbeat(self, service: str, instance: str) -> Instance | None:
-        """Renew an instance's ttl from now; None if it is not registered (or expired)."""
-        return await asyncio.shield(asyncio.ensure_future(self._heartbeat(service, instance)))
+        """Renew an instance's ttl from now; None if it is not registered (or expired).
+
+        The new expiry is written behind, within :data:`HEARTBEAT_WRITE_DELAY` seconds and
+        for many heartbeats in one transaction: heartbeats are most of a fleet's requests,
+        and losing the last second of them in a crash only moves some expiries back by
+        that second.
+        """
+        if self._closed:
+            raise BackendError(f"registry database {self.path} is closed")
+        current = self._instances.get((service, instance))
+        if current is None:
+            return None
+        renewed = dataclasses.replace(current, expires_at=time.time() + current.ttl)
+        self._set(renewed)
+        self._mark_dirty(renewed.key)
+        return renewed
+
+    def _mark_dirty(self, key: Key) -> None:
+        self._dirty.add(key)
+        if self._dirty_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._dirty_timer = loop.call_later(HEARTBEAT_WRITE_DELAY, self._queue_dirty)
+
+    def _queue_dirty(self) -> None:
+        """Queue upserts of the renewed instances, as they are in memory now."""
+        self._dirty_timer = None
+        keys, self._dirty = self._dirty, set()
+        # An UPDATE, not an upsert: a row deleted meanwhile must stay deleted.
+        rows = [
+            (i.expires_at, *k) for k in sorted(keys) if (i := self._instances.get(k)) is not None
+        ]
+        if not rows or self._closed:
+            return
+        done = self._enqueue(_RENEW, rows, many=True)
+
+        def check(future: asyncio.Future[int]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.error("cannot persist heartbeats, retrying: %s", future.exception())
+                for key in keys:
+                    self._mark_dirty(key)
+
+        done.add_done_callback(check)
 
     async def delete(self, service: str, instance: str) -> bool:
         """Deregister an instance; return whether it was registered."""
@@ -475,14 +549,7 @@ class Store:
         previous = self._instances.get(key)
         registered_at = previous.registered_at if previous is not None else now
         new = Instance(service, instance, address, dict(labels), ttl, now + ttl, registered_at)
-        labels_json = orjson.dumps(new.labels, option=orjson.OPT_SORT_KEYS).decode()
-        await self._write(
-            "INSERT INTO instances (service, instance, address, labels, ttl, expires_at, registered_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, instance) DO UPDATE SET"
-            " address=excluded.address, labels=excluded.labels, ttl=excluded.ttl,"
-            " expires_at=excluded.expires_at",
-            (service, instance, address, labels_json, ttl, new.expires_at, registered_at),
-        )
+        await self._write(_UPSERT, _row(new))
         # Re-read after the commit: an earlier write may have changed the entry meanwhile.
         previous = self._instances.get(key)
         if previous is not None:
@@ -493,32 +560,6 @@ class Store:
         if previous is None or not previous.same_target(new):
             self._notify({key})
         return new, previous is None
-
-    async def _heartbeat(self, service: str, instance: str) -> Instance | None:
-        """Renew an instance's ttl from now; None if it is not registered (or expired)."""
-        key = (service, instance)
-        current = self._instances.get(key)
-        if current is None:
-            return None
-        expires_at = time.time() + current.ttl
-        changed = await self._write(
-            "UPDATE instances SET expires_at=? WHERE service=? AND instance=?",
-            (expires_at, service, instance),
-        )
-        current = self._instances.get(key)
-        if not changed or current is None:
-            return None
-        renewed = Instance(
-            service,
-            instance,
-            current.address,
-            current.labels,
-            current.ttl,
-            expires_at,
-            current.registered_at,
-        )
-        self._set(renewed)
-        return renewed
 
     async def _delete(self, service: str, instance: str) -> bool:
         """Deregister an instance; return whether it was registered."""
@@ -583,11 +624,18 @@ class Store:
             many=True,
         )
         gone = set()
+        renewed = []
         for key in keys:
             current = self._instances.get(key)
             if current is not None and current.expires_at <= now:
                 del self._instances[key]
                 gone.add(key)
+            elif current is not None:
+                renewed.append(_row(current))
+        if renewed:
+            # Renewed by a heartbeat not written yet, so the DELETE may have removed the
+            # row: write the instance again as memory has it.
+            await self._write(_UPSERT, renewed, many=True)
         metrics.REGISTRY_INSTANCES.set(len(self._instances))
         if gone:
             metrics.REGISTRY_EXPIRED.inc(len(gone))
