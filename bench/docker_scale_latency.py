@@ -18,7 +18,8 @@ run, on the same engine:
 Both sides keep only tasks with desired state and state ``running`` (the relabel rule the
 docs recommend). Each round scales the service between 2 and 4 replicas with
 ``docker service scale -d`` and measures, from just before that command, when each side
-first shows the new count. (2 of 4 is a 50% drop, which sdbridge's mass-deletion guard
+first shows the new count. Rounds start at a random point (1-61 s after the previous
+one ended), so they fall uniformly within Prometheus's refresh interval. (2 of 4 is a 50% drop, which sdbridge's mass-deletion guard
 lets through at its default ``max_drop_ratio: 0.5``; a larger drop, e.g. ``--low 1
 --high 3``, is held until 3 further syncs confirm it, which adds about 1.5 s here.) A random pause between rounds keeps the rounds out of phase
 with Prometheus's refresh.
@@ -262,7 +263,9 @@ def run_rounds(
     replicas = low
     for n in range(rounds):
         replicas = high if replicas == low else low
-        time.sleep(random.uniform(1.0, 8.0))
+        # Uniform over Prometheus's 60 s refresh interval: waiting for Prometheus at the
+        # end of each round would otherwise lock every round to the same phase of it.
+        time.sleep(random.uniform(1.0, 61.0))
         started = time.monotonic()
         engine.cli("service", "scale", "-d", f"{service}={replicas}")
         wait_all(observers, replicas, started, timeout)
@@ -285,14 +288,18 @@ def report(latencies: dict[str, list[float]], rounds: int) -> None:
     sdb = latencies["sdbridge"]
     prom = latencies["prometheus"]
     print()
-    print("| view | rounds | p50 | max |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| view | rounds | p50 | max | p50 up | p50 down |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, values in latencies.items():
-        print(f"| {name} | {rounds} | {_fmt(values)} |")
+        up, down = values[0::2], values[1::2]
+        print(
+            f"| {name} | {rounds} | {_fmt(values)} | {statistics.median(up):.2f} s | "
+            f"{statistics.median(down) if down else float('nan'):.2f} s |"
+        )
     print()
     print(
-        f"ratio prometheus/sdbridge: {statistics.median(prom) / statistics.median(sdb):.1f}x at p50, "
-        f"{max(prom) / max(sdb):.1f}x at max"
+        f"ratio prometheus/sdbridge: {statistics.median(prom) / statistics.median(sdb):.1f}x at "
+        f"p50, {max(prom) / max(sdb):.1f}x at max"
     )
     overhead = [s - f for s, f in zip(sdb, floor, strict=True)]
     print(

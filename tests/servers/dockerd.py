@@ -16,6 +16,7 @@ overlay address: everything is read through the API socket.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import io
 import json
@@ -29,7 +30,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlencode
 
 import pytest
@@ -374,6 +375,15 @@ def ensure_image(engine: DockerEngine) -> bool:
     return True
 
 
+# Several pytest sessions (engineers running the suite side by side) may share the one
+# engine on /var/run/docker.sock. Setting it up or tearing it down happens under an
+# exclusive setup lock; each session holds a shared "in use" lock while it runs, and a
+# session that must undo something (stop the dockerd it started, leave the swarm it
+# created, remove the image it built) first waits for every other session to let go.
+SETUP_LOCK = Path(tempfile.gettempdir()) / "sdbridge-dockerd.setup.lock"
+USE_LOCK = Path(tempfile.gettempdir()) / "sdbridge-dockerd.use.lock"
+
+
 class _Session:
     """What the fixture did, so that the last user undoes exactly that."""
 
@@ -384,23 +394,28 @@ class _Session:
         self.root: Path | None = None
         self.swarm_created = False
         self.image_built = False
+        self._use: IO[bytes] | None = None
 
     def acquire(self) -> DockerEngine:
         self.users += 1
         if self.engine is not None:
             return self.engine
         require_binary("dockerd")
-        if not ping(SOCKET):
-            self.root = Path(tempfile.mkdtemp(prefix="sdbridge-dockerd-"))
-            self.daemon = start_dockerd(self.root, SOCKET)
-        engine = DockerEngine(SOCKET)
-        state = engine.swarm_state()
-        if state == "inactive":
-            swarm_init(engine)
-            self.swarm_created = True
-        elif state != "active":
-            pytest.fail(f"the Docker Engine's swarm is {state!r}; tests need it active")
-        self.image_built = ensure_image(engine)
+        with SETUP_LOCK.open("ab") as setup:
+            fcntl.flock(setup, fcntl.LOCK_EX)
+            if not ping(SOCKET):
+                self.root = Path(tempfile.mkdtemp(prefix="sdbridge-dockerd-"))
+                self.daemon = start_dockerd(self.root, SOCKET)
+            engine = DockerEngine(SOCKET)
+            state = engine.swarm_state()
+            if state == "inactive":
+                swarm_init(engine)
+                self.swarm_created = True
+            elif state != "active":
+                pytest.fail(f"the Docker Engine's swarm is {state!r}; tests need it active")
+            self.image_built = ensure_image(engine)
+            self._use = USE_LOCK.open("ab")
+            fcntl.flock(self._use, fcntl.LOCK_SH)
         self.engine = engine
         return engine
 
@@ -409,6 +424,19 @@ class _Session:
         if self.users > 0 or self.engine is None:
             return
         engine, self.engine = self.engine, None
+        owns = self.image_built or self.swarm_created or self.daemon is not None
+        with SETUP_LOCK.open("ab") as setup:
+            if owns:
+                fcntl.flock(setup, fcntl.LOCK_EX)
+            assert self._use is not None
+            fcntl.flock(self._use, fcntl.LOCK_UN)
+            if owns:
+                fcntl.flock(self._use, fcntl.LOCK_EX)  # waits for the other sessions
+                self._undo(engine)
+            self._use.close()
+            self._use = None
+
+    def _undo(self, engine: DockerEngine) -> None:
         if self.image_built:
             with contextlib.suppress(EngineAPIError):
                 engine.api("DELETE", f"/images/{engine.image}")
