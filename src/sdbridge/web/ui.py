@@ -274,7 +274,9 @@ async def job_page(request: web.Request) -> web.Response:
         else ""
     )
     outputs = "".join(
-        f"<div><dt>file</dt><dd><code>{_e(o['path'])}</code></dd></div>" for o in s["outputs"]
+        f"<div><dt>{_e(o.get('name', 'output'))}</dt><dd><code>{_e(o.get('path', ''))}</code>"
+        "</dd></div>"
+        for o in s["outputs"]
     )
     facts = (
         '<dl class="facts">'
