@@ -67,6 +67,7 @@ class RegistryAPI:
         self.daemon = daemon
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
+        self._data_dir: Path | None = None
         self._token: tuple[tuple[Path, int, int], str] | None = None
         self._self_key: tuple[str, str] | None = None
         self._self_task: asyncio.Task[None] | None = None
@@ -79,8 +80,13 @@ class RegistryAPI:
 
     async def store(self) -> Store:
         """The store in the running config's ``data_dir``, opened on first use."""
-        path = db_path(self.daemon.config.global_.data_dir)
+        data_dir = self.daemon.config.global_.data_dir
+        store = self._store
+        if store is not None and data_dir == self._data_dir:
+            return store  # the common case: no lock, no path arithmetic
+        path = db_path(data_dir)
         async with self._store_lock:
+            self._data_dir = data_dir
             if self._store is not None and self._store.path != path:
                 # data_dir changed on reload: follow it.
                 old, self._store = self._store, None
