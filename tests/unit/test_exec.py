@@ -12,6 +12,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sdbridge.config import GlobalConfig, PublishDelay, parse_config
 from sdbridge.discovery.base import DiscoveryContext, MechanismStatus
@@ -327,3 +329,36 @@ def test_yaml_scalars_are_label_text_as_in_prometheus() -> None:
 def test_a_yaml_null_entry_is_still_rejected() -> None:
     with pytest.raises(InvalidTargetError, match="group 0: expected a mapping"):
         parse_exec_output(b"- ~\n", origin="x")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["targets", "labels", "x", "1abc", "a"]), children, max_size=3
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.binary(max_size=200))
+def test_any_output_parses_or_fails_cleanly(stdout: bytes) -> None:
+    with contextlib.suppress(InvalidTargetError):
+        parse_exec_output(stdout, origin="x")
+
+
+@given(json_values)
+def test_any_json_document_parses_or_fails_cleanly(data: object) -> None:
+    with contextlib.suppress(InvalidTargetError):
+        parse_exec_output(orjson.dumps(data), origin="x")
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [b"[" * 100_000, b"- " * 5000 + b"x", b"!!python/object:os.system ls", b"&a [*a]", b"\x00\x01"],
+)
+def test_hostile_output_fails_cleanly(stdout: bytes) -> None:
+    with pytest.raises(InvalidTargetError):
+        parse_exec_output(stdout, origin="x")

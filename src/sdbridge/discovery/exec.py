@@ -137,6 +137,10 @@ def parse_exec_output(stdout: bytes, *, origin: str) -> list[TargetGroup]:
             data = yaml.load(stdout.decode("utf-8"), Loader=_FileSDLoader)  # a SafeLoader
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise InvalidTargetError(f"{origin}: neither JSON nor YAML: {exc}") from exc
+        except RecursionError:  # PyYAML recurses per nesting level
+            raise InvalidTargetError(
+                f"{origin}: neither JSON nor YAML: nested too deeply"
+            ) from None
     return parse_file_sd(data, origin=origin)
 
 
