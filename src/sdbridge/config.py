@@ -305,6 +305,8 @@ def load_config(path: Path) -> ConfigBase:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+    except RecursionError:  # PyYAML recurses per nesting level
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     return parse_config(data, origin=str(path), base_dir=path.parent.absolute())
 
 

@@ -294,3 +294,20 @@ def test_file_mode_0600(tmp_path: Path) -> None:
         tmp_path, f"jobs: [{{name: a, {EXEC}, output: {{file: a.json, file_mode: 0600}}}}]"
     )
     assert load_config(path).jobs[0].output.file_mode == 0o600
+
+
+def test_deeply_nested_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "jobs: " + "[" * 10_000)
+    assert errors_of(path) == f"{path}: invalid YAML: nested too deeply"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "jobs: *x",
+        "!!python/object:os.system x",
+        "jobs: [{name: a, exec_sd_configs: [{command: !!binary aGk=}]}]",
+    ],
+)
+def test_hostile_yaml_is_an_error(tmp_path: Path, text: str) -> None:
+    assert f"{tmp_path}" in errors_of(write(tmp_path, text))
