@@ -56,7 +56,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import EXCEPTIONS, KazooException, NoNodeError, UnimplementedError
+from kazoo.exceptions import EXCEPTIONS, NoNodeError, UnimplementedError
 from kazoo.protocol.serialization import (
     MultiHeader,
     Watch,
@@ -563,7 +563,7 @@ class _AddWatch:
 # one per znode. kazoo sends only write transactions, so the request is built here.
 _MULTI_READ_OPCODE = 22
 _GET_DATA, _GET_CHILDREN, _ERROR_RESULT = 4, 8, -1
-_MULTI_READ_MAX = 500  # reads per request; keeps each answer well under a megabyte here
+_MULTI_READ_MAX = 500  # reads per request: with ~1 KB per instance, ~0.5 MB per answer
 
 
 class _MultiRead:
@@ -769,7 +769,8 @@ class _Session:
         """A kazoo result as sdbridge sees it: a value, :class:`_Gone` or BackendError."""
         if isinstance(result, NoNodeError):
             return _Gone(what)
-        if isinstance(result, KazooException):
+        if isinstance(result, Exception) and not isinstance(result, SdbridgeError | _Gone):
+            # Kazoo's errors, and any other (an answer that does not parse) alike.
             error = BackendError(f"ZooKeeper {self.hosts}: {what}: {_describe(result)}")
             error.__cause__ = result
             return error
