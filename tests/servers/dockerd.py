@@ -329,6 +329,18 @@ class Dockerd:
             self.process = None
 
 
+def remove_root(root: Path) -> None:
+    """Delete a stopped dockerd's directory, unmounting what it left mounted there.
+
+    dockerd leaves an nsfs mount at ``<exec-root>/netns/default`` behind.
+    """
+    prefix = f"{root}/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", mount], check=False, capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def start_dockerd(root: Path, sock: Path, extra: Sequence[str] = ()) -> Dockerd:
     """Start a dockerd with overlay2, falling back to vfs where overlay cannot mount."""
     try:
@@ -380,6 +392,7 @@ def ensure_image(engine: DockerEngine) -> bool:
 # exclusive setup lock; each session holds a shared "in use" lock while it runs, and a
 # session that must undo something (stop the dockerd it started, leave the swarm it
 # created, remove the image it built) first waits for every other session to let go.
+GWBRIDGE = Path("/sys/class/net/docker_gwbridge")
 SETUP_LOCK = Path(tempfile.gettempdir()) / "sdbridge-dockerd.setup.lock"
 USE_LOCK = Path(tempfile.gettempdir()) / "sdbridge-dockerd.use.lock"
 
@@ -395,6 +408,7 @@ class _Session:
         self.swarm_created = False
         self.image_built = False
         self._use: IO[bytes] | None = None
+        self.gwbridge_existed = True
 
     def acquire(self) -> DockerEngine:
         self.users += 1
@@ -404,6 +418,7 @@ class _Session:
         with SETUP_LOCK.open("ab") as setup:
             fcntl.flock(setup, fcntl.LOCK_EX)
             if not ping(SOCKET):
+                self.gwbridge_existed = GWBRIDGE.exists()
                 self.root = Path(tempfile.mkdtemp(prefix="sdbridge-dockerd-"))
                 self.daemon = start_dockerd(self.root, SOCKET)
             engine = DockerEngine(SOCKET)
@@ -446,7 +461,10 @@ class _Session:
             self.daemon.stop()
             self.daemon = None
             if self.root is not None:
-                shutil.rmtree(self.root, ignore_errors=True)
+                remove_root(self.root)
+            if not self.gwbridge_existed and GWBRIDGE.exists():
+                # swarm init made it; like any Linux bridge it outlives dockerd.
+                subprocess.run(["ip", "link", "delete", "docker_gwbridge"], check=False)
 
 
 _session = _Session()
@@ -481,8 +499,13 @@ def _private(extra: Sequence[str] = ()) -> Iterator[tuple[Dockerd, DockerEngine]
             for container in engine.api("GET", "/containers/json", params={"all": 1}) or []:
                 with contextlib.suppress(EngineAPIError):
                     engine.api("DELETE", f"/containers/{container['Id']}", params={"force": 1})
+            # A bridge network's Linux bridge outlives dockerd: remove the networks first.
+            for network in engine.api("GET", "/networks") or []:
+                if network["Name"] not in ("bridge", "host", "none"):
+                    with contextlib.suppress(EngineAPIError):
+                        engine.api("DELETE", f"/networks/{network['Id']}")
         daemon.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_root(root)
 
 
 @pytest.fixture
