@@ -15,6 +15,7 @@ from . import __version__
 from .config import ConfigBase, load_config
 from .daemon import Daemon
 from .defaults import banner, default_config
+from .durations import parse_duration
 from .errors import ConfigError, SdbridgeError
 from .job import Job
 from .logfmt import setup_logging
@@ -46,6 +47,13 @@ def _log_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         choices=["logfmt", "json"],
         help="log format (default logfmt)",
     )
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         "once", parents=[common], help="run one complete discovery pass, write outputs, exit"
     )
     once.add_argument("--config.file", "--config", dest="config", type=Path, required=True)
+    once.add_argument(
+        "--timeout",
+        type=_duration_arg,
+        default=300.0,
+        help="fail a job whose mechanisms have not all synced after this long (default 5m)",
+    )
     registry_client.add_parser(commands, [common])
     return parser
 
@@ -103,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config)
         if args.command == "once":
-            return asyncio.run(_once(load_config(args.config)))
+            return asyncio.run(_once(load_config(args.config), args.timeout))
         if args.command == "register":
             return asyncio.run(registry_client.run_register(args))
         return asyncio.run(_run(args))
@@ -122,12 +136,12 @@ def _check(path: Path) -> int:
     return 0
 
 
-async def _once(config: ConfigBase) -> int:
+async def _once(config: ConfigBase, within: float | None = None) -> int:
     failures = 0
     for job_config in config.jobs:
         job = Job(job_config, config.global_)
         try:
-            snapshot = await job.sync_once()
+            snapshot = await job.sync_once(within)
             if job.file_output is not None:
                 await job.file_output.write_now(snapshot)
         except SdbridgeError as exc:

@@ -172,21 +172,29 @@ class Job:
                 )
             await asyncio.sleep(backoff.next_delay())
 
-    async def sync_once(self) -> Snapshot:
+    async def sync_once(self, within: float | None = None) -> Snapshot:
         """Run every mechanism until its first sync and publish the result once.
 
-        Raises DiscoveryError naming the mechanisms whose first refresh failed.
+        Raises DiscoveryError naming the mechanisms whose first refresh failed, or that
+        had not synced after ``within`` seconds.
         """
         delay = self.global_config.publish_delay.model_copy(update={"min": 0.0, "max": 0.0})
         self.global_config = self.global_config.model_copy(update={"publish_delay": delay})
         tasks = [asyncio.create_task(self._supervise(r)) for r in self.runners]
         tasks.append(asyncio.create_task(self._publish_loop()))
+        deadline = None if within is None else time.monotonic() + within
         try:
             while not self._published.is_set():
                 failed = [r for r in self.runners if r.context.status.failures]
                 if failed:
                     details = "; ".join(f"{r.label}: {r.context.status.last_error}" for r in failed)
                     raise DiscoveryError(f"job {self.name!r}: {details}")
+                if deadline is not None and time.monotonic() > deadline:
+                    waiting = ", ".join(r.label for r in self.runners if not r.received)
+                    raise DiscoveryError(
+                        f"job {self.name!r}: no complete sync within {within:g}s "
+                        f"(waiting for: {waiting or 'the publish'})"
+                    )
                 await asyncio.sleep(0.02)
         finally:
             for task in tasks:

@@ -256,3 +256,21 @@ def test_run_keeps_what_was_published_through_bad_input(workdir: Path) -> None:
     errors = [line for line in run.log().splitlines() if "blocked/x.json" in line]
     assert len(errors) == 1, errors  # logged once, not on every retry
     assert "level=error" in errors[0]
+
+
+def test_once_gives_up_after_its_timeout(workdir: Path) -> None:
+    script(workdir, "slow.sh", "echo $$ > slow.pid; exec sleep 120")
+    config = write_config(
+        workdir,
+        GOOD_JOBS + "  - {name: slow, exec_sd_configs: [{command: [./slow.sh], timeout: 5m}]}\n",
+    )
+    result = sdbridge("once", "--config", str(config), "--timeout", "1s")
+    assert result.returncode == 1
+    assert (
+        "job 'slow': no complete sync within 1s (waiting for: exec_sd_configs[0])" in result.stderr
+    )
+    assert (workdir / "out/good.json").exists()
+    pid = int((workdir / "slow.pid").read_text())
+    assert (
+        not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    )
