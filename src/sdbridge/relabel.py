@@ -36,6 +36,9 @@ _GO_CAPTURE_NAME_RE = re.compile(r"[A-Za-z0-9_]+", re.ASCII)
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # errors are raised to the caller, not printed to stderr
+_anchor = getattr(re2, "_Anchor", None)
+_ANCHOR_BOTH = getattr(_anchor, "ANCHOR_BOTH", None)  # None: use the public API only
+_CACHE_MAX = 4096
 
 
 class Action(StrEnum):
@@ -74,7 +77,7 @@ class GoRegex:
     expands ``$name`` to the first group of that name that took part in the match.
     """
 
-    __slots__ = ("group_names", "pattern", "regex")
+    __slots__ = ("_raw", "group_names", "pattern", "regex")
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
@@ -88,10 +91,36 @@ class GoRegex:
             for name, index in self.regex.groupindex.items():
                 names[index - 1] = name
         self.group_names: tuple[str, ...] = tuple(names)
+        # The wrapper's match() costs several microseconds in Python code (offset maps
+        # for str); the RE2 object under it matches UTF-8 bytes directly.
+        self._raw = getattr(self.regex, "_regexp", None) if _ANCHOR_BOTH is not None else None
 
     def match(self, text: str) -> Any:
-        """The match of the whole of ``text``, or None."""
-        return self.regex.match(text)
+        """The match of the whole of ``text`` (with ``group(i)``), or None."""
+        raw = self._raw
+        if raw is None:
+            return self.regex.match(text)
+        data = text.encode("utf-8")
+        spans = raw.Match(_ANCHOR_BOTH, data, 0, len(data))
+        if spans[0][0] < 0:
+            return None
+        return _BytesMatch(data, spans)
+
+
+class _BytesMatch:
+    """A match over UTF-8 bytes; RE2 spans always fall on character boundaries."""
+
+    __slots__ = ("_data", "_spans")
+
+    def __init__(self, data: bytes, spans: Sequence[tuple[int, int]]) -> None:
+        self._data = data
+        self._spans = spans
+
+    def group(self, index: int = 0) -> str | None:
+        start, end = self._spans[index]
+        if start < 0:
+            return None
+        return self._data[start:end].decode("utf-8")
 
 
 def _re2_message(exc: Exception) -> str:
@@ -281,13 +310,26 @@ class RelabelConfig(BaseModel):
 
 
 class Rule:
-    """A relabel config ready to apply: the regex is compiled once."""
+    """A relabel config ready to apply: the regex is compiled once.
 
-    __slots__ = ("config", "regex")
+    Each rule remembers what it did with recent inputs: label names (labelmap,
+    labeldrop, labelkeep) and many values (tags, datacenters) repeat across thousands
+    of targets, and a dict lookup is much cheaper than a regex match.
+    """
+
+    __slots__ = ("cache", "config", "regex")
 
     def __init__(self, config: RelabelConfig) -> None:
         self.config = config
         self.regex = config.compiled()
+        self.cache: dict[str, Any] = {}
+
+    def remember(self, key: str, result: Any) -> Any:
+        """Store ``result`` for ``key`` (the cache is emptied when it grows too big)."""
+        if len(self.cache) >= _CACHE_MAX:
+            self.cache.clear()
+        self.cache[key] = result
+        return result
 
 
 def compile_rules(configs: Sequence[RelabelConfig]) -> list[Rule]:
@@ -416,25 +458,23 @@ def _apply(labels: LabelSet, rule: Rule) -> bool:
         value = cfg.separator.join(labels.get(name, "") for name in cfg.source_labels)
     else:
         value = ""
+    cache = rule.cache
     if action is Action.REPLACE:
-        regex = rule.regex
-        match = regex.match(value)
-        if match is None:
-            return True
-        target = expand(cfg.target_label, match, regex.group_names)
-        if not is_valid_label_name(target):
-            return True
-        replaced = expand(cfg.replacement, match, regex.group_names)
-        if replaced:
-            labels[target] = replaced
-        else:
-            # Prometheus 2.42 deletes the label named by the template itself, so a
-            # templated target_label ("l_$1") deletes nothing; 2.49+ deletes the expansion.
-            labels.pop(cfg.target_label, None)
-    elif action is Action.KEEP:
-        return rule.regex.match(value) is not None
-    elif action is Action.DROP:
-        return rule.regex.match(value) is None
+        outcome = cache[value] if value in cache else rule.remember(value, _replace(rule, value))
+        if outcome is not None:
+            target, replaced = outcome
+            if replaced:
+                labels[target] = replaced
+            else:
+                # Prometheus 2.42 deletes the label named by the template itself, so a
+                # templated target_label ("l_$1") deletes nothing; 2.49+ deletes the
+                # expansion.
+                labels.pop(cfg.target_label, None)
+    elif action is Action.KEEP or action is Action.DROP:
+        matched = cache.get(value)
+        if matched is None:
+            matched = rule.remember(value, rule.regex.match(value) is not None)
+        return bool(matched) is (action is Action.KEEP)
     elif action is Action.KEEPEQUAL:
         return labels.get(cfg.target_label, "") == value
     elif action is Action.DROPEQUAL:
@@ -443,24 +483,44 @@ def _apply(labels: LabelSet, rule: Rule) -> bool:
         digest = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).digest()
         labels[cfg.target_label] = str(int.from_bytes(digest[8:], "big") % cfg.modulus)
     elif action is Action.LABELMAP:
-        regex = rule.regex
         # Go walks the labels as they were before this rule, sorted by name; a later
         # name mapping onto the same target wins.
         for name, label_value in sorted(labels.items()):
-            match = regex.match(name)
-            if match is not None:
-                labels[expand(cfg.replacement, match, regex.group_names)] = label_value
-    elif action is Action.LABELDROP:
-        for name in [n for n in labels if rule.regex.match(n) is not None]:
-            del labels[name]
-    elif action is Action.LABELKEEP:
-        for name in [n for n in labels if rule.regex.match(n) is None]:
-            del labels[name]
+            mapped = cache[name] if name in cache else rule.remember(name, _map_name(rule, name))
+            if mapped is not None:
+                labels[mapped] = label_value
+    elif action is Action.LABELDROP or action is Action.LABELKEEP:
+        keep = action is Action.LABELKEEP
+        for name in list(labels):
+            matched = cache.get(name)
+            if matched is None:
+                matched = rule.remember(name, rule.regex.match(name) is not None)
+            if matched is not keep:
+                del labels[name]
     elif action is Action.LOWERCASE:
         _set(labels, cfg.target_label, go_lower(value))
     elif action is Action.UPPERCASE:
         _set(labels, cfg.target_label, go_upper(value))
     return True
+
+
+def _replace(rule: Rule, value: str) -> tuple[str, str] | None:
+    """What ``replace`` does for ``value``: (target label, new value), or None for nothing."""
+    cfg, regex = rule.config, rule.regex
+    match = regex.match(value)
+    if match is None:
+        return None
+    target = expand(cfg.target_label, match, regex.group_names)
+    if not is_valid_label_name(target):
+        return None
+    return target, expand(cfg.replacement, match, regex.group_names)
+
+
+def _map_name(rule: Rule, name: str) -> str | None:
+    match = rule.regex.match(name)
+    if match is None:
+        return None
+    return expand(rule.config.replacement, match, rule.regex.group_names)
 
 
 def _set(labels: LabelSet, name: str, value: str) -> None:
