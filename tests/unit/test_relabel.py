@@ -623,3 +623,33 @@ async def test_relabeling_runs_in_the_job_before_outputs() -> None:
     assert [s.target_count for s in out.snapshots] == [1]
     invalid_after = REGISTRY.get_sample_value("sdbridge_invalid_targets_total", labels) or 0.0
     assert invalid_after == invalid_before + 1
+
+
+@settings(max_examples=300)
+@given(
+    pattern=st.sampled_from(
+        ["(.*)", "(a)?(.*)", "(?P<n>[^;]*);(.*)", "(?i)(ß|σ)+", "(.)(.)?.*", ""]
+    ),
+    text=st.text(alphabet="aAß;σΣ\n\u0130x", max_size=8),
+)
+def test_fast_match_agrees_with_the_wrapper(pattern: str, text: str) -> None:
+    """The match through the RE2 object gives what google-re2's public API gives."""
+    regex = compile_regex(pattern)
+    fast = regex.match(text)
+    slow = regex.regex.match(text)
+    assert (fast is None) == (slow is None)
+    if fast is not None:
+        for index in range(len(regex.group_names) + 1):
+            assert fast.group(index) == slow.group(index)
+
+
+def test_rule_cache_is_bounded_and_stays_correct() -> None:
+    from sdbridge import relabel
+
+    rule = compile_rules(
+        [RelabelConfig.model_validate({"action": "keep", "source_labels": ["a"], "regex": "x.*"})]
+    )
+    for i in range(relabel._CACHE_MAX + 10):
+        value = f"x{i}" if i % 2 else f"y{i}"
+        assert (process({"a": value}, rule) is not None) is value.startswith("x")
+    assert len(rule[0].cache) <= relabel._CACHE_MAX
