@@ -23,6 +23,8 @@ from ..doubles.consul_double import ConsulDouble
 from ..servers.common import wait_until
 from ..servers.sdbridge import Sdbridge
 
+pytestmark = pytest.mark.slow
+
 JOB = "svc"
 FULL = 20
 

@@ -242,6 +242,7 @@ def wait_for_new_write(setup: Setup, before: int | None, pid: int, zygote: Zygot
         time.sleep(0.002)
 
 
+@pytest.mark.slow
 def test_kill_9_loop_never_leaves_a_missing_partial_or_unparsable_file(
     tmp_path: Path, zygote: Zygote
 ) -> None:
