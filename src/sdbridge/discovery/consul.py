@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Iterable, Mapping
@@ -591,6 +592,7 @@ _POLLS = {
     "checks": "/v1/health/state/any",
     "nodes": "/v1/catalog/nodes",
 }
+_SWEEP_DONE = "sweep-done"
 _PARSERS: dict[str, Any] = {"services": parse_catalog, "checks": parse_checks, "nodes": parse_nodes}
 
 
@@ -600,8 +602,9 @@ class _Event:
 
     kind: str
     parsed: Any = None
-    error: BackendError | None = None
+    error: DiscoveryError | None = None
     gap: bool = False  # the watch was interrupted: changes may have been missed
+    started: float = 0.0  # when the sweep that this event reports started
 
 
 @dataclass
@@ -624,7 +627,8 @@ class ConsulDiscoverer(BaseDiscoverer[ConsulSDConfig]):
         """Discover until cancelled; each resync sends all of its changes or nothing."""
         config = self.config
         connector = aiohttp.TCPConnector(
-            limit=config.max_concurrency + len(_POLLS),  # the reads plus the long-polls
+            # Sweep reads, targeted reads and the long-polls.
+            limit=2 * config.max_concurrency + len(_POLLS),
             ssl=_ssl_context(config.tls_config) or True,
         )
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -648,12 +652,15 @@ class _Watch:
         self.nodes: Nodes = {}
         self.groups: dict[str, TargetGroup] = {}
         self.service_nodes: dict[str, frozenset[str]] = {}
-        self.invalid: dict[str, list[str]] = {}
         # Each service's last read and its X-Consul-Index: an unchanged index (the usual
         # case in a sweep) reuses the read instead of decoding and rebuilding it.
         self.reads: dict[str, tuple[int, _ServiceRead]] = {}
         self.indexes: dict[str, int] = {}
-        self.semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        # Sweeps and targeted reads have their own slots: a sweep never starves the others.
+        self.sweep_slots = asyncio.Semaphore(self.config.max_concurrency)
+        self.targeted_slots = asyncio.Semaphore(self.config.max_concurrency)
+        self.commit_lock = asyncio.Lock()
+        self.epoch = 0  # bumped on every gap: reads begun before it are not committed
         self.last_sweep = float("-inf")
         self.sweep_not_before = float("-inf")
         self.failing: set[str] = set()  # long-polls currently failing
@@ -688,7 +695,8 @@ class _Watch:
         self._apply_catalog(parsed["services"])
         self._apply_checks(parsed["checks"])
         self._apply_nodes(parsed["nodes"])
-        await self._resync(send, _Pending(sweep=True))
+        self.last_sweep = time.monotonic()
+        await self._resync(send, sorted(self.catalog), self.sweep_slots)
         # Only now: the long-polls start from what the complete resync has seen.
         for kind, answer in zip(kinds, answers, strict=True):
             self.indexes[kind] = max(answer.index, 1)
@@ -752,65 +760,91 @@ class _Watch:
     # --- turning answers into work -------------------------------------------------------
 
     async def _process(self, send: Send) -> None:
+        """Turn long-poll events into resyncs. Targeted resyncs (a few services) run here,
+        one at a time; a sweep runs as a task beside them, so it never delays them."""
         pending = _Pending()
         backoff = Backoff(*_ERROR_BACKOFF)
+        sweep_backoff = Backoff(*_ERROR_BACKOFF)
         retry_at: float | None = None
-        while True:
-            timeout = self._next_wakeup(pending, retry_at)
-            try:
-                event = await asyncio.wait_for(self.events.get(), timeout)
-            except TimeoutError:
-                pass
-            else:
-                self._take(event, pending)
-                while not self.events.empty():  # coalesce what arrived meanwhile
-                    self._take(self.events.get_nowait(), pending)
-            now = time.monotonic()
-            if retry_at is not None and now < retry_at:
-                continue
-            work = self._due(pending, now)
-            if not work:
-                continue
-            started = time.monotonic()
-            try:
-                await self._resync(send, work)
-            except DiscoveryError as exc:
-                self.context.record_failure(exc, time.monotonic() - started)
-                pending.services |= work.services
-                pending.sweep = pending.sweep or work.sweep
-                pending.prune = pending.prune or work.prune
-                retry_at = time.monotonic() + _delay(backoff, exc)
-                continue
-            backoff.reset()
-            retry_at = None
-            if not self.failing:
-                self.context.record_success(time.monotonic() - started)
+        sweep_task: asyncio.Task[None] | None = None
+        try:
+            while True:
+                timeout = self._next_wakeup(pending, retry_at, sweep_task is not None)
+                try:
+                    event = await asyncio.wait_for(self.events.get(), timeout)
+                except TimeoutError:
+                    pass
+                else:
+                    for item in [event, *_drain(self.events)]:  # coalesce what arrived
+                        if item.kind == _SWEEP_DONE:
+                            sweep_task = None
+                            self._sweep_done(item, pending, sweep_backoff)
+                        else:
+                            self._take(item, pending)
+                now = time.monotonic()
+                if sweep_task is None and pending.sweep and now >= self._sweep_at():
+                    pending.sweep = False
+                    sweep_task = asyncio.create_task(self._sweep(send))
+                if (retry_at is not None and now < retry_at) or not (
+                    pending.services or pending.prune
+                ):
+                    continue
+                work = _Pending(services=pending.services, prune=pending.prune)
+                pending.services, pending.prune = set(), False
+                started = time.monotonic()
+                try:
+                    await self._resync(send, sorted(work.services), self.targeted_slots)
+                except DiscoveryError as exc:
+                    self.context.record_failure(exc, time.monotonic() - started)
+                    pending.services |= work.services
+                    pending.prune = pending.prune or work.prune
+                    retry_at = time.monotonic() + _delay(backoff, exc)
+                    continue
+                backoff.reset()
+                retry_at = None
+                if not self.failing:
+                    self.context.record_success(time.monotonic() - started)
+        finally:
+            if sweep_task is not None:
+                sweep_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep_task
 
-    def _next_wakeup(self, pending: _Pending, retry_at: float | None) -> float | None:
+    async def _sweep(self, send: Send) -> None:
+        """Re-read every selected service; report the outcome as an event."""
+        self.last_sweep = started = time.monotonic()
+        try:
+            await self._resync(send, sorted(self.catalog), self.sweep_slots)
+        except DiscoveryError as exc:
+            self.events.put_nowait(_Event(_SWEEP_DONE, error=exc, started=started))
+        else:
+            self.events.put_nowait(_Event(_SWEEP_DONE, started=started))
+
+    def _sweep_done(self, event: _Event, pending: _Pending, backoff: Backoff) -> None:
+        duration = time.monotonic() - event.started
+        if event.error is not None:
+            self.context.record_failure(event.error, duration)
+            pending.sweep = True
+            self.sweep_not_before = time.monotonic() + _delay(backoff, event.error)
+            self.last_sweep = float("-inf")
+            return
+        backoff.reset()
+        if not self.failing:
+            self.context.record_success(duration)
+
+    def _next_wakeup(
+        self, pending: _Pending, retry_at: float | None, sweeping: bool
+    ) -> float | None:
         now = time.monotonic()
-        if retry_at is not None:
-            return max(retry_at - now, 0.0)
+        deadlines = []
         if pending.services or pending.prune:
-            return 0.0
-        if pending.sweep:
-            return max(self._sweep_at() - now, 0.0)
-        return None
+            deadlines.append(retry_at if retry_at is not None else now)
+        if pending.sweep and not sweeping:
+            deadlines.append(self._sweep_at())
+        return max(min(deadlines) - now, 0.0) if deadlines else None
 
     def _sweep_at(self) -> float:
         return max(self.last_sweep + self.config.refresh_interval, self.sweep_not_before)
-
-    def _due(self, pending: _Pending, now: float) -> _Pending:
-        """Take the work that may run now: known services first (a few fast reads), then a
-        sweep, which waits for ``refresh_interval`` after the previous one."""
-        if pending.services or pending.prune:
-            work = _Pending(services=pending.services, prune=pending.prune)
-            pending.services = set()
-            pending.prune = False
-            return work
-        sweep = pending.sweep and now >= self._sweep_at()
-        if sweep:
-            pending.sweep = False
-        return _Pending(sweep=sweep)
 
     def _take(self, event: _Event, pending: _Pending) -> None:
         if event.error is not None:
@@ -821,7 +855,9 @@ class _Watch:
         if event.gap:
             pending.sweep = True
             self.last_sweep = float("-inf")  # a gap is repaired at once
-            self.reads.clear()  # indexes may have been reset: trust no cached read
+            self.sweep_not_before = float("-inf")
+            self.reads = {}  # indexes may have been reset: trust no cached read
+            self.epoch += 1
         if event.kind == "services":
             before = set(self.catalog)
             self._apply_catalog(event.parsed)
@@ -873,45 +909,50 @@ class _Watch:
 
     # --- reading services ----------------------------------------------------------------
 
-    async def _resync(self, send: Send, work: _Pending) -> None:
-        """Read the services of ``work``; send the changes only if every read succeeded."""
-        if work.sweep:
-            names = set(self.catalog)
-            self.last_sweep = time.monotonic()
-        else:
-            names = work.services & set(self.catalog)
-        answers = await self._read_services(sorted(names))
-        results: dict[str, _ServiceRead] = {}
-        reads = {n: r for n, r in self.reads.items() if n in self.catalog}
-        for name, answer in answers.items():
-            cached = reads.get(name)
-            if cached is not None and cached[0] == answer.index:
-                results[name] = cached[1]
-            else:
-                results[name] = self._service_read(name, answer)
-                reads[name] = (answer.index, results[name])
-        groups = {n: g for n, g in self.groups.items() if n in self.catalog}
-        service_nodes = {n: s for n, s in self.service_nodes.items() if n in self.catalog}
-        invalid = dict(self.invalid)
-        for name, (group, nodes, problems) in results.items():
-            service_nodes[name] = nodes
-            if problems != invalid.get(name, []):
-                for problem in problems:
-                    self.context.record_invalid(problem, "the address is not a valid host:port")
-            invalid[name] = problems
-            if group is None:
-                groups.pop(name, None)
-            else:
-                groups[name] = group
-        changes = self.diff.changes([groups[name] for name in sorted(groups)])
-        # Commit only now: a failed read above leaves every cache as it was.
-        self.groups, self.service_nodes, self.invalid = groups, service_nodes, invalid
-        self.reads = reads
-        await send(changes)
+    async def _resync(self, send: Send, names: list[str], slots: asyncio.Semaphore) -> None:
+        """Read ``names``; send the changes only if every read succeeded.
 
-    async def _read_services(self, names: list[str]) -> dict[str, _Answer]:
+        Concurrent resyncs (a sweep and targeted reads) commit one at a time, and a
+        service's read replaces the one in place only if its X-Consul-Index is not older.
+        """
+        epoch = self.epoch
+        answers = await self._read_services(names, slots)
+        async with self.commit_lock:
+            if epoch != self.epoch:
+                return  # a gap happened meanwhile: a full re-read is already pending
+            reads = {n: r for n, r in self.reads.items() if n in self.catalog}
+            changed: dict[str, _ServiceRead] = {}
+            for name, answer in answers.items():
+                cached = reads.get(name)
+                if name not in self.catalog or (cached is not None and cached[0] > answer.index):
+                    continue  # deregistered meanwhile, or a fresher read is in place
+                if cached is not None and cached[0] == answer.index:
+                    changed[name] = cached[1]
+                else:
+                    changed[name] = self._service_read(name, answer)
+                reads[name] = (answer.index, changed[name])
+            groups = {n: g for n, g in self.groups.items() if n in self.catalog}
+            service_nodes = {n: s for n, s in self.service_nodes.items() if n in self.catalog}
+            for name, (group, nodes, problems) in changed.items():
+                service_nodes[name] = nodes
+                previous = self.reads.get(name)
+                if problems and (previous is None or previous[1][2] != problems):
+                    for problem in problems:
+                        self.context.record_invalid(problem, "the address is not a valid host:port")
+                if group is None:
+                    groups.pop(name, None)
+                else:
+                    groups[name] = group
+            changes = self.diff.changes([groups[name] for name in sorted(groups)])
+            # Commit only now: a failed read above leaves every cache as it was.
+            self.groups, self.service_nodes, self.reads = groups, service_nodes, reads
+            await send(changes)
+
+    async def _read_services(
+        self, names: list[str], slots: asyncio.Semaphore
+    ) -> dict[str, _Answer]:
         async def read(name: str) -> _Answer:
-            async with self.semaphore:
+            async with slots:
                 return await self._read_service(name)
 
         tasks: list[asyncio.Task[_Answer]] = []
@@ -954,6 +995,13 @@ class _Watch:
 
 
 _ServiceRead = tuple[TargetGroup | None, frozenset[str], list[str]]
+
+
+def _drain(queue: asyncio.Queue[_Event]) -> list[_Event]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 def _delay(backoff: Backoff, error: BaseException) -> float:
