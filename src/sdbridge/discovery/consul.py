@@ -18,7 +18,9 @@ When the checks or the nodes change, only the services they touch are re-read
 the catalog index cannot be traced to a service by any documented bulk endpoint, so it
 re-reads every selected service (a "sweep"), at most once per ``refresh_interval`` —
 the same throttle Prometheus applies to each of its per-service long-polls; a new
-service is read at once. Reads run with bounded concurrency (``max_concurrency``).
+service is read at once. A sweep runs beside the targeted reads, never in front of
+them; reads run with bounded concurrency (``max_concurrency`` each), and a read whose
+X-Consul-Index did not move is reused without decoding it.
 
 Every resync is all-or-nothing: if one read fails, nothing is sent and the job keeps its
 last good targets; the services stay pending and are retried with backoff. After any
