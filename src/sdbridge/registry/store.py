@@ -302,7 +302,11 @@ class Store:
             store._instances[instance.key] = instance
             heapq.heappush(store._heap, (instance.expires_at, instance.service, instance.instance))
         if expired:
-            await store._expire(expired, now)
+            try:
+                await store._expire(expired, now)
+            except BaseException:
+                await store.close()  # release the lock and the thread
+                raise
             log.info("removed %d registration(s) whose ttl ran out while stopped", len(expired))
         metrics.REGISTRY_INSTANCES.set(len(store._instances))
         store._expiry_task = asyncio.create_task(
