@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sdbridge.config import parse_config
 from sdbridge.discovery.base import DiscoveryContext
 from sdbridge.discovery.registry import (
     INSTANCE_LABEL,
@@ -22,6 +23,7 @@ from sdbridge.discovery.registry import (
     RegistrySDConfig,
 )
 from sdbridge.errors import BackendError
+from sdbridge.job import Job
 from sdbridge.model import TargetGroup, is_valid_label_name
 from sdbridge.registry.store import (
     RegistrationError,
@@ -374,3 +376,24 @@ async def test_heartbeats_are_written_behind_and_flushed_on_close(tmp_path: Path
     assert last is not None
     await store.close()  # before the write-behind delay: close writes it
     assert expiry_on_disk() == last.expires_at
+
+
+async def test_unusable_data_dir_fails_the_mechanism_and_publishes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("a file where data_dir should be")
+    config = parse_config(
+        {
+            "global": {"data_dir": str(tmp_path / "not-a-dir")},
+            "jobs": [{"name": "registry", "registry_sd_configs": [{}]}],
+        }
+    )
+    job = Job(config.jobs[0], config.global_)
+    task = asyncio.create_task(job.run())
+    try:
+        status = job.runners[0].context.status
+        await eventually(lambda: status.failures > 0, "the mechanism's failure")
+        assert "registry database" in (status.last_error or "")
+        assert job.snapshot is None  # nothing published, /sd answers 503
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
