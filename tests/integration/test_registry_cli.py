@@ -246,3 +246,41 @@ def test_registrations_survive_a_restart_and_ttls_keep_counting(tmp_path: Path) 
         )
     finally:
         bridge.stop()
+
+
+def test_register_with_a_token_file(tmp_path: Path) -> None:
+    (tmp_path / "registry.token").write_text("t0ken-for-tests\n")
+    (tmp_path / "sdbridge.yml").write_text(
+        "registry:\n"
+        "  write_token_file: registry.token\n"
+        "jobs:\n"
+        "  - name: registry\n"
+        "    registry_sd_configs: [{}]\n"
+        "    guard: {enabled: false}\n"
+        "    output: {file: targets/registry.json}\n"
+    )
+    bridge = DefaultBridge(tmp_path, f"--config.file={tmp_path / 'sdbridge.yml'}")
+    client = None
+    try:
+        base = [SDBRIDGE, "register", "batch", "127.0.0.4:9100", f"--url={bridge.url}"]
+        refused = subprocess.run(base, capture_output=True, text=True, timeout=30, check=False)
+        assert refused.returncode == 2
+        assert "(401)" in refused.stderr
+
+        client = ManagedProcess(
+            [*base, "--instance", "nightly", f"--token-file={tmp_path / 'registry.token'}"],
+            log_path=tmp_path / "register.log",
+        )
+        wait_until(
+            lambda: bridge.file_targets() == ["127.0.0.4:9100"],
+            timeout=15,
+            what="the token-authorised registration in the file",
+        )
+        assert bridge.api("GET", "/batch/nightly")[0] == 200
+        client.signal(signal.SIGTERM)
+        assert client.proc.wait(15) == 0
+        wait_until(lambda: bridge.file_targets() == [], timeout=15, what="deregistration")
+    finally:
+        if client is not None:
+            client.stop()
+        bridge.stop()
