@@ -81,8 +81,11 @@ class DockerDiscoverer(EngineWatcher[DockerSDConfig]):
             raise BackendError(f"Docker Engine at {client.host}: a list call did not return a list")
         net_labels = network_labels(networks, PREFIX)
         by_id = {_id(c): c for c in containers if isinstance(c, dict)}
+        # Prometheus skips a container without a name.
         return [
-            self._container_group(c, by_id, net_labels) for c in by_id.values() if c.get("Names")
+            self._container_group(c, by_id, net_labels)
+            for c in by_id.values()
+            if isinstance(c.get("Names"), list) and c["Names"]
         ]
 
     def _container_group(
