@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import random
 import sys
 import tempfile
 import time
@@ -47,6 +48,7 @@ logs_off = True
 
 def build_groups(n: int) -> list[TargetGroup]:
     """``n`` targets in groups of 100: 5 group labels and 10 per-target labels each."""
+    rnd = random.Random(0)
     groups = []
     for g in range(0, n, GROUP_SIZE):
         labels = {
@@ -72,7 +74,10 @@ def build_groups(n: int) -> list[TargetGroup]:
                     "version": "1.2.3",
                 }
             )
+        rnd.shuffle(targets)
         groups.append(TargetGroup(source=f"group-{g}", targets=tuple(targets), labels=labels))
+    # A registry lists services in its own order, not by address: no free pre-sorted input.
+    rnd.shuffle(groups)
     return groups
 
 

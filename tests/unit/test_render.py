@@ -157,3 +157,17 @@ def test_target_labels_override_group_labels_property(
         [entry] = [d for d in decoded if d["targets"] == [target["__address__"]]]
         merged = {**group_labels, **target}
         assert entry["labels"] == {k: v for k, v in merged.items() if k != "__address__" and v}
+
+
+@given(st.lists(targets, max_size=30), st.randoms())
+def test_sort_entries_equals_sorting_by_key_without_duplicates(
+    target_list: list[dict[str, str]], rnd: random.Random
+) -> None:
+    # Few addresses and few label values: many ties and many exact duplicates.
+    entries = [make_entry(t) for t in target_list]
+    rnd.shuffle(entries)
+    want: list[object] = []
+    for entry in sorted(entries, key=lambda e: e.key):
+        if not want or want[-1] != entry.key:
+            want.append(entry.key)
+    assert [e.key for e in sort_entries(entries)] == want
