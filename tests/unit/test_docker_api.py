@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sdbridge.config import parse_config
-from sdbridge.discovery._dockerapi import encode_filters, join_host_port, network_labels
+from sdbridge.discovery._dockerapi import _relevant, encode_filters, join_host_port, network_labels
+from sdbridge.discovery.dockerswarm import _moving
 from sdbridge.errors import ConfigError
 
 
@@ -125,3 +126,40 @@ def test_network_labels_are_sanitized_and_spell_booleans_like_go() -> None:
             "__meta_docker_network_label_a_b_c": "x",
         }
     }
+
+
+@pytest.mark.parametrize(
+    ("desired", "state", "moving"),
+    [
+        ("running", "new", True),
+        ("running", "preparing", True),
+        ("running", "running", False),
+        ("running", "failed", False),
+        ("running", "complete", False),
+        ("shutdown", "running", True),
+        ("remove", "running", True),
+        ("shutdown", "shutdown", False),
+    ],
+)
+def test_a_task_is_moving_until_it_reaches_its_desired_state(
+    desired: str, state: str, moving: bool
+) -> None:
+    task = {"DesiredState": desired, "Status": {"State": state}}
+    assert _moving(task) is moving
+
+
+@pytest.mark.parametrize(
+    ("event", "relevant"),
+    [
+        ({"Type": "container", "Action": "start"}, True),
+        ({"Type": "container", "Action": "destroy"}, True),
+        ({"Type": "container", "Action": "exec_start: sh"}, False),
+        ({"Type": "container", "Action": "health_status: healthy"}, False),
+        ({"Type": "service", "Action": "update"}, True),
+        ({"Type": "network", "Action": "connect"}, True),
+    ],
+)
+def test_only_events_that_can_change_targets_trigger_a_refresh(
+    event: dict[str, str], relevant: bool
+) -> None:
+    assert _relevant(event) is relevant
