@@ -34,6 +34,9 @@ from sdbridge.model import parse_file_sd
 from sdbridge.outputs.file import TEMP_SUFFIX
 from sdbridge.state import decode_state, state_path
 
+from ..servers.common import wait_until
+from ..servers.prometheus import Prometheus
+
 KILLS = 200
 TERMS = 20
 TARGETS = 100
@@ -243,10 +246,35 @@ def wait_for_new_write(setup: Setup, before: int | None, pid: int, zygote: Zygot
 
 
 @pytest.mark.slow
+@pytest.mark.prometheus
 def test_kill_9_loop_never_leaves_a_missing_partial_or_unparsable_file(
     tmp_path: Path, zygote: Zygote
 ) -> None:
     setup = Setup(tmp_path)
+    # A real Prometheus reads both files through file_sd (fsnotify) all along.
+    prom_dir = tmp_path / "prometheus"
+    prom_dir.mkdir()
+    scrape = {
+        "job_name": "churn",
+        "scrape_interval": "1h",
+        "file_sd_configs": [{"files": [str(setup.out), str(setup.out_yaml)]}],
+    }
+    prometheus = Prometheus(prom_dir, {"scrape_configs": [scrape]})
+    try:
+        kill_loop(setup, zygote)
+        wait_until(
+            lambda: len(prometheus.active_targets("churn")) >= TARGETS,
+            what="Prometheus to read the outputs",
+        )
+        log = prometheus.process.log_text()
+    finally:
+        prometheus.stop()
+    assert "Error reading file" not in log, "Prometheus saw a broken file"
+    assert "provider=file/0" in log, "Prometheus's file_sd never started?"
+
+
+def kill_loop(setup: Setup, zygote: Zygote) -> None:
+    """KILLS SIGKILLs at random moments, checking every output after each."""
     rng = random.Random(4242)
     killed_while_writing = 0
     for attempt in range(KILLS):
