@@ -39,6 +39,7 @@ _RE2_OPTIONS.log_errors = False  # errors are raised to the caller, not printed 
 _anchor = getattr(re2, "_Anchor", None)
 _ANCHOR_BOTH = getattr(_anchor, "ANCHOR_BOTH", None)  # None: use the public API only
 _CACHE_MAX = 4096
+_MISSING = object()
 
 
 class Action(StrEnum):
@@ -460,7 +461,10 @@ def _apply(labels: LabelSet, rule: Rule) -> bool:
         value = ""
     cache = rule.cache
     if action is Action.REPLACE:
-        outcome = cache[value] if value in cache else rule.remember(value, _replace(rule, value))
+        # get() with a sentinel, not "in" then []: a render thread may clear the cache.
+        outcome = cache.get(value, _MISSING)
+        if outcome is _MISSING:
+            outcome = rule.remember(value, _replace(rule, value))
         if outcome is not None:
             target, replaced = outcome
             if replaced:
@@ -486,7 +490,9 @@ def _apply(labels: LabelSet, rule: Rule) -> bool:
         # Go walks the labels as they were before this rule, sorted by name; a later
         # name mapping onto the same target wins.
         for name, label_value in sorted(labels.items()):
-            mapped = cache[name] if name in cache else rule.remember(name, _map_name(rule, name))
+            mapped = cache.get(name, _MISSING)
+            if mapped is _MISSING:
+                mapped = rule.remember(name, _map_name(rule, name))
             if mapped is not None:
                 labels[mapped] = label_value
     elif action is Action.LABELDROP or action is Action.LABELKEEP:
