@@ -1257,8 +1257,7 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
         return self.session.client if self.session is not None else None
 
     def _operation_timeout(self) -> float:
-        # A sync that makes no progress for this long is abandoned and retried.
-        return max(30.0, 3 * self.config.timeout)
+        return _sync_timeout(self.config)
 
     async def run(self, send: Send) -> None:
         """Follow the paths until cancelled."""
@@ -1331,6 +1330,11 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
             # If the connection dropped meanwhile, the resync that follows sends the truth.
 
 
+def _sync_timeout(config: ZookeeperSDConfig) -> float:
+    """A sync that takes longer than this is abandoned and retried."""
+    return max(30.0, 3 * config.timeout)
+
+
 async def _settle(tree: _Tree) -> None:
     deadline = time.monotonic() + _BATCH_MAX
     while time.monotonic() < deadline:
@@ -1370,7 +1374,7 @@ class _Poller(RefreshDiscoverer[ZookeeperSDConfig]):
         except TimeoutError:
             raise BackendError(f"ZooKeeper {self.session.hosts}: not connected") from None
         try:
-            async with asyncio.timeout(max(30.0, 3 * self.config.timeout)):
+            async with asyncio.timeout(_sync_timeout(self.config)):
                 await self.tree.resync(watch=False)
         except (_Gone, TimeoutError) as exc:
             raise _resync_error(exc, self.session) from None
