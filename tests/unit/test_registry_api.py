@@ -330,3 +330,21 @@ async def test_registration_reaches_http_sd(tmp_path: Path) -> None:
     # sdbridge deregisters itself when it stops; the other registration stays.
     with sqlite3.connect(db_path(tmp_path / "data")) as db:
         assert db.execute("SELECT service, instance FROM instances").fetchall() == [("node", "n1")]
+
+
+async def test_a_reloaded_config_applies_to_the_next_request(tmp_path: Path) -> None:
+    daemon = make_daemon(tmp_path)
+    app = create_app(daemon, route_hooks=[registry_routes(daemon)])
+    async with TestClient(TestServer(app)) as client:
+        assert (await put(client, "web/a", {"address": "127.0.0.1:80"})).status == 201
+        # What a reload does: the daemon's config is replaced.
+        (tmp_path / "token").write_text(TOKEN)
+        daemon.config = make_daemon(tmp_path, {"write_token_file": "token", "max_ttl": "1m"}).config
+        assert (await put(client, "web/b", {"address": "127.0.0.1:81"})).status == 401
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        response = await put(
+            client, "web/b", {"address": "127.0.0.1:81", "ttl": "2m"}, headers=bearer
+        )
+        assert response.status == 400
+        assert (await response.json())["field"] == "ttl"
+        assert [i["instance"] for i in await listing(client)] == ["a"]
