@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+import sdbridge.guard
 from sdbridge.config import GuardConfig
 from sdbridge.guard import Guard, removed_targets
 from sdbridge.job import Job
@@ -243,3 +246,75 @@ async def test_returning_to_the_published_set_ends_the_hold() -> None:
         await until(lambda: not job.guard.holding, what="the hold to end")
         assert metric("sdbridge_guard_holding", name) == 0
     assert [s.target_count for s in out.snapshots] == [10]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+GUARD_EXAMPLES = 300
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("sync"), st.integers(0, 2), st.booleans()),
+        st.tuples(st.just("admit"), st.integers(0, 40), st.just(False)),
+        st.tuples(st.just("tick"), st.sampled_from([1, 30, 200]), st.just(False)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=GUARD_EXAMPLES)
+@given(
+    ops=operations,
+    ratio=st.sampled_from([0.0, 0.25, 0.5, 0.9]),
+    confirmations=st.integers(1, 4),
+)
+def test_a_large_drop_is_never_published_unconfirmed(
+    ops: list[tuple[str, int, bool]],
+    ratio: float,
+    confirmations: int,
+) -> None:
+    """Safety, for any sequence: a drop above the ratio is published only after it was held
+    and then either enough syncs happened or hold_for passed."""
+    clock = FakeClock()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sdbridge.guard, "time", clock)
+        check_sequence(clock, ops, ratio, confirmations)
+
+
+def check_sequence(
+    clock: FakeClock, ops: list[tuple[str, int, bool]], ratio: float, confirmations: int
+) -> None:
+    hold_for = 300.0
+    guard = Guard(
+        GuardConfig.model_validate(
+            {"max_drop_ratio": ratio, "confirmations": confirmations, "hold_for": "5m"}
+        ),
+        job="property",
+    )
+    published = 20
+    assert guard.admit(None, snap(*hosts(published)))
+    refused_at: float | None = None  # first refusal since the last publish
+    syncs_since_refusal = 0
+    for op, value, changed in ops:
+        if op == "sync":
+            guard.observe_sync(value, changed=changed)
+            syncs_since_refusal += 1
+        elif op == "tick":
+            clock.now += value
+        else:
+            big = published > 0 and (published - value) / published > ratio
+            admitted = guard.admit(snap(*hosts(published)), snap(*hosts(value)))
+            if admitted and big:
+                assert refused_at is not None, "a large drop was published at first sight"
+                assert syncs_since_refusal >= confirmations or clock.now - refused_at >= hold_for
+            if admitted:
+                published, refused_at, syncs_since_refusal = value, None, 0
+            elif refused_at is None:
+                refused_at, syncs_since_refusal = clock.now, 0
+            assert guard.holding is not admitted
