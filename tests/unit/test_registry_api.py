@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,13 +14,22 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from sdbridge.config import parse_config
 from sdbridge.daemon import Daemon
 from sdbridge.errors import ConfigError
-from sdbridge.registry.api import MAX_BODY_BYTES, registry_routes, server_listening
-from sdbridge.registry.store import db_path
+from sdbridge.model import TargetGroup
+from sdbridge.registry.api import (
+    MAX_BODY_BYTES,
+    parse_registration,
+    registry_routes,
+    server_listening,
+)
+from sdbridge.registry.config import RegistryConfig
+from sdbridge.registry.store import RegistrationError, db_path
 from sdbridge.web.app import create_app
 from sdbridge.web.server import start_server
 from tests.servers.tls import write_web_config
@@ -348,3 +358,47 @@ async def test_a_reloaded_config_applies_to_the_next_request(tmp_path: Path) -> 
         assert response.status == 400
         assert (await response.json())["field"] == "ttl"
         assert [i["instance"] for i in await listing(client)] == ["a"]
+
+
+def encode(value: object) -> bytes:
+    return json.dumps(value).encode()  # any int, and Infinity: orjson must refuse those
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+BODIES = st.one_of(
+    st.binary(max_size=64),
+    JSON_VALUES.map(encode),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "address": st.one_of(
+                JSON_VALUES, st.from_regex(r"127\.0\.0\.[0-9]{1,3}:[0-9]{1,6}", fullmatch=True)
+            ),
+            "labels": st.one_of(
+                JSON_VALUES, st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=3)
+            ),
+            "ttl": st.one_of(JSON_VALUES, st.sampled_from(["30s", "1m", "0s", "25h", "1h30m"])),
+        },
+    ).map(encode),
+)
+
+
+@given(BODIES)
+def test_any_body_is_either_a_valid_registration_or_a_named_refusal(body: bytes) -> None:
+    config = RegistryConfig()
+    try:
+        address, labels, ttl = parse_registration(body, config)
+    except RegistrationError as exc:
+        refusal = (exc.field, str(exc))
+        assert all(refusal)  # it names the field and says what is wrong
+        return
+    # Accepted: exactly what Prometheus accepts as a target, within the ttl bounds.
+    assert TargetGroup(source="x", targets=({"__address__": address},), labels=labels)
+    assert all(not name.startswith("__") for name in labels)
+    assert config.min_ttl <= ttl <= config.max_ttl

@@ -230,6 +230,31 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
     return b"".join(chunks)
 
 
+def parse_registration(body: bytes, config: RegistryConfig) -> tuple[str, dict[str, str], float]:
+    """A PUT body → (address, labels, ttl); raise RegistrationError naming the bad field."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RegistrationError(f"the body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(data, dict):
+        raise RegistrationError(
+            'the body must be a JSON object: {"address": "host:port", "labels": {}, "ttl": "30s"}',
+            field="body",
+        )
+    unknown = sorted(set(data) - _BODY_FIELDS)
+    if unknown:
+        raise RegistrationError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; expected address, labels, ttl",
+            field=unknown[0] or "body",
+        )
+    address = check_address(data.get("address"))
+    labels = check_labels(data.get("labels"))
+    ttl = check_ttl(
+        data.get("ttl"), default=config.default_ttl, minimum=config.min_ttl, maximum=config.max_ttl
+    )
+    return address, labels, ttl
+
+
 async def put_instance(request: web.Request) -> web.Response:
     """Register or replace an instance: 201 when new, 200 when replaced."""
     api = request.app[API_KEY]
@@ -241,30 +266,7 @@ async def put_instance(request: web.Request) -> web.Response:
         return body
     try:
         service, instance = _path_key(request)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise RegistrationError(f"the body is not valid JSON: {exc}", field="body") from None
-        if not isinstance(data, dict):
-            raise RegistrationError(
-                'the body must be a JSON object: {"address": "host:port", "labels": {}, "ttl": "30s"}',
-                field="body",
-            )
-        unknown = sorted(set(data) - _BODY_FIELDS)
-        if unknown:
-            raise RegistrationError(
-                f"unknown field(s) {', '.join(map(repr, unknown))}; expected address, labels, ttl",
-                field=unknown[0],
-            )
-        config = api.config
-        address = check_address(data.get("address"))
-        labels = check_labels(data.get("labels"))
-        ttl = check_ttl(
-            data.get("ttl"),
-            default=config.default_ttl,
-            minimum=config.min_ttl,
-            maximum=config.max_ttl,
-        )
+        address, labels, ttl = parse_registration(body, api.config)
     except RegistrationError as exc:
         return _bad(exc)
     try:
