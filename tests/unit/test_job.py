@@ -230,3 +230,51 @@ def test_merged_state_equals_the_last_full_sets(
             await until(settled, within=3, what="the published state to equal the last sets")
 
     asyncio.run(scenario())
+
+
+# A large static set (with targets that also appear in the changing mechanisms) makes
+# every later change small: publishes then re-sort the previous order incrementally.
+STATIC = [
+    TargetGroup(
+        source="static",
+        targets=(
+            *({"__address__": f"127.0.1.{n}:1"} for n in range(1, 80)),
+            {"__address__": "127.0.0.1:1"},
+            {"__address__": "127.0.0.2:2"},
+        ),
+        labels={"env": "x"},
+    )
+]
+
+
+@settings(max_examples=40)
+@given(first=st.tuples(full_sets, full_sets, full_sets), steps=steps)
+def test_every_publish_equals_the_current_full_sets(
+    first: tuple[list[TargetGroup], ...], steps: list[tuple[int, list[TargetGroup]]]
+) -> None:
+    async def scenario() -> None:
+        fakes = [DiffingFake() for _ in range(4)]
+        job, _, _ = make_job(mechanisms=4, fakes=list(fakes), guard={"enabled": False})
+        last = [*first, STATIC]
+
+        def settled() -> bool:
+            snapshot = job.snapshot
+            want = [tuple(sorted(t.items())) for t in expected_targets(last)]
+            return snapshot is not None and (
+                sorted(tuple(sorted(t.items())) for t in snapshot.targets()) == want
+            )
+
+        async with running(job):
+            for fake, full in zip(fakes, last, strict=True):
+                await fake.send_full(full)
+            await until(settled, within=3, what="the first publish")
+            for index, full in steps:
+                await fakes[index].send_full(full)
+                last[index] = full
+                await until(settled, within=3, what="the publish after a change")
+            snapshot = job.snapshot
+            assert snapshot is not None
+            # And it is sorted and free of duplicates, as a full sort would make it.
+            assert [e.key for e in snapshot.entries] == sorted({e.key for e in snapshot.entries})
+
+    asyncio.run(scenario())
