@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import BackendError
 from ..model import TargetGroup, sanitize_label_name
-from .base import Backoff, DiscoveryContext, RefreshConfig, RefreshDiscoverer, Send, resolve_path
+from ._http import Authorization, BasicAuth, TLSConfig, auth_headers
+from .base import Backoff, DiscoveryContext, RefreshConfig, RefreshDiscoverer, Send
 
 # API versions this client understands. The response fields sdbridge reads exist since
 # 1.24 (the first swarm-mode API); 1.47 is Docker 27. Newer engines are asked for 1.47,
@@ -89,68 +90,6 @@ class Filter(BaseModel):
     values: list[str] = Field(default_factory=list, description="values; any may match")
 
 
-class TLSConfig(BaseModel):
-    """``tls_config`` for a TCP engine: Prometheus's fields."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_file: Path | None = Field(None, description="CA certificate(s) to verify the engine")
-    cert_file: Path | None = Field(None, description="client certificate (with key_file)")
-    key_file: Path | None = Field(None, description="client key (with cert_file)")
-    server_name: str | None = Field(None, description="name to verify the certificate against")
-    insecure_skip_verify: bool = Field(False, description="do not verify the certificate")
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("tls_config: cert_file and key_file go together")
-        return self
-
-    def context(self) -> ssl.SSLContext:
-        """An SSL context for these settings; raises OSError/SSLError for bad files."""
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None
-        )
-        if self.cert_file is not None and self.key_file is not None:
-            context.load_cert_chain(str(self.cert_file), str(self.key_file))
-        if self.insecure_skip_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
-
-
-class BasicAuth(BaseModel):
-    """``basic_auth``: a username and a password (inline or from a file)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    username: str
-    password: SecretStr | None = None
-    password_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_password(self) -> Self:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("basic_auth: set password or password_file, not both")
-        return self
-
-
-class Authorization(BaseModel):
-    """``authorization``: an ``Authorization: <type> <credentials>`` header."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: str = "Bearer"
-    credentials: SecretStr | None = None
-    credentials_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> Self:
-        if self.credentials is not None and self.credentials_file is not None:
-            raise ValueError("authorization: set credentials or credentials_file, not both")
-        return self
-
-
 class EngineConfig(RefreshConfig):
     """The options every Docker mechanism shares: where the engine is, and how to filter."""
 
@@ -199,25 +138,11 @@ class EngineConfig(RefreshConfig):
 
     def resolve_paths(self, base_dir: Path) -> Self:
         """Resolve the TLS and credential files against the config file's directory."""
-        update: dict[str, Any] = {}
-        if self.tls_config is not None:
-            tls = self.tls_config
-            update["tls_config"] = tls.model_copy(
-                update={
-                    k: resolve_path(p, base_dir)
-                    for k in ("ca_file", "cert_file", "key_file")
-                    if (p := getattr(tls, k)) is not None
-                }
-            )
-        if self.basic_auth is not None and self.basic_auth.password_file is not None:
-            update["basic_auth"] = self.basic_auth.model_copy(
-                update={"password_file": resolve_path(self.basic_auth.password_file, base_dir)}
-            )
-        if self.authorization is not None and self.authorization.credentials_file is not None:
-            file = resolve_path(self.authorization.credentials_file, base_dir)
-            update["authorization"] = self.authorization.model_copy(
-                update={"credentials_file": file}
-            )
+        update: dict[str, Any] = {
+            name: block.resolve_paths(base_dir)
+            for name in ("tls_config", "basic_auth", "authorization")
+            if (block := getattr(self, name)) is not None
+        }
         return self.model_copy(update=update) if update else self
 
     def filter_param(self) -> str | None:
@@ -234,13 +159,6 @@ def encode_filters(filters: Mapping[str, list[str]]) -> str | None:
     if not merged:
         return None
     return orjson.dumps(merged, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def _read_secret(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise BackendError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
 class EngineClient:
@@ -274,7 +192,7 @@ class EngineClient:
             context: ssl.SSLContext | bool = False
             if config.tls_config is not None:
                 try:
-                    context = config.tls_config.context()
+                    context = config.tls_config.ssl_context()
                 except (OSError, ssl.SSLError) as exc:
                     raise BackendError(f"tls_config for {config.host}: {exc}") from exc
             elif secure:
@@ -282,31 +200,13 @@ class EngineClient:
             connector = aiohttp.TCPConnector(ssl=context if secure else False)
             netloc = parts.netloc.rsplit("@", 1)[-1]
             self._base = f"{'https' if secure else 'http'}://{netloc}"
-            headers.update(self._auth_headers())
+            headers.update(auth_headers(config.basic_auth, config.authorization))
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
         )
         return self._session
-
-    def _auth_headers(self) -> dict[str, str]:
-        config = self._config
-        if config.basic_auth is not None:
-            auth = config.basic_auth
-            if auth.password_file is not None:
-                password = _read_secret(auth.password_file, "basic_auth.password_file")
-            else:
-                password = auth.password.get_secret_value() if auth.password else ""
-            return {"Authorization": aiohttp.BasicAuth(auth.username, password).encode()}
-        if config.authorization is not None:
-            authz = config.authorization
-            if authz.credentials_file is not None:
-                secret = _read_secret(authz.credentials_file, "authorization.credentials_file")
-            else:
-                secret = authz.credentials.get_secret_value() if authz.credentials else ""
-            return {"Authorization": f"{authz.type} {secret}"}
-        return {}
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -65,6 +65,7 @@ from ..model import (
     sanitize_label_name,
 )
 from . import register
+from ._http import TLSConfig
 from .base import (
     Backoff,
     DiscoveryContext,
@@ -73,7 +74,6 @@ from .base import (
     RefreshConfig,
     RefreshDiscoverer,
     Send,
-    resolve_path,
 )
 
 # --- labels --------------------------------------------------------------------------
@@ -101,44 +101,6 @@ _INDEX_RE = re.compile(r"\[(\d+)\]")
 
 
 # --- config --------------------------------------------------------------------------
-
-
-class TLSConfig(MechanismConfig):
-    """TLS to etcd, named as in Prometheus's ``tls_config``."""
-
-    ca_file: Path | None = Field(None, description="CA certificates to verify etcd with")
-    cert_file: Path | None = Field(None, description="client certificate")
-    key_file: Path | None = Field(None, description="client certificate's key")
-    server_name: str | None = Field(None, description="name to verify instead of the host")
-    insecure_skip_verify: bool = Field(False, description="do not verify etcd's certificate")
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file must be given together")
-        return self
-
-    def resolve_paths(self, base_dir: Path) -> Self:
-        """Resolve the certificate paths against the config file's directory."""
-        update = {
-            name: resolve_path(path, base_dir)
-            for name in ("ca_file", "cert_file", "key_file")
-            if (path := getattr(self, name)) is not None
-        }
-        return self.model_copy(update=update)
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """An SSL context for these settings; raises BackendError naming a bad file."""
-        try:
-            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-            if self.cert_file is not None and self.key_file is not None:
-                context.load_cert_chain(str(self.cert_file), str(self.key_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise BackendError(f"cannot load the TLS files of tls_config: {exc}") from exc
-        if self.insecure_skip_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
 
 
 def parse_field_path(path: str) -> tuple[str | int, ...]:
@@ -763,7 +725,10 @@ class EtcdDiscoverer(RefreshDiscoverer[EtcdSDConfig]):
         """Watch (or, with ``watch: false``, poll) until cancelled."""
         ssl_context: ssl.SSLContext | bool = True
         if self.config.tls_config is not None:
-            ssl_context = self.config.tls_config.ssl_context()
+            try:
+                ssl_context = self.config.tls_config.ssl_context()
+            except (OSError, ssl.SSLError) as exc:
+                raise BackendError(f"cannot load the TLS files of tls_config: {exc}") from exc
         connector = aiohttp.TCPConnector(ssl=ssl_context, limit=4)
         async with aiohttp.ClientSession(connector=connector) as session:
             self._gateway = Gateway(self.config, self.context, session)
