@@ -111,7 +111,10 @@ class Job:
         self._gone: set[int] = set()  # ids of entries in _order or _new that left _groups
         self._new: list[Entry] = []
         self._dirty = False
-        self._changed = asyncio.Event()
+        # Any sync (or a guard release) wakes the publish loop; only a change moves
+        # _last_change, so syncs that found nothing new never postpone a pending publish.
+        self._wake = asyncio.Event()
+        self._last_change = 0.0
         self._published = asyncio.Event()
         self._snapshot: Snapshot | None = None
         self.last_publish: float | None = None
@@ -247,8 +250,7 @@ class Job:
             # Not a list of TargetGroups (a broken plugin): a failed refresh, state stays.
             runner.context.record_failure(exc)
             return False
-        first_sync = not runner.received
-        removed_groups = False
+        changed = bool(rendered) or not runner.received
         runner.received = True
         runner.context.status.synced = True
         if full:
@@ -256,17 +258,14 @@ class Job:
             stale = [k for k in self._groups if k[0] == runner.index and k not in sent]
             for key in stale:
                 self._replace_group(key, None)
-            if stale:
-                self._dirty = True
-                removed_groups = True
+            changed = changed or bool(stale)
         for key, entries in rendered:
             self._replace_group(key, entries)
-        if rendered or first_sync:
+        if changed:
             self._dirty = True
-        self.guard.observe_sync(
-            runner.index, changed=bool(rendered) or first_sync or removed_groups
-        )
-        self._changed.set()
+            self._last_change = time.monotonic()
+        self.guard.observe_sync(runner.index, changed=changed)
+        self._wake.set()
         return True
 
     def _replace_group(self, key: GroupKey, entries: list[Entry] | None) -> None:
@@ -334,7 +333,7 @@ class Job:
 
     async def _publish_loop(self) -> None:
         while True:
-            await self._changed.wait()
+            await self._wake.wait()
             await self._quiesce()
             if self.synced:
                 self._synced_gauge.set(1)
@@ -344,20 +343,20 @@ class Job:
                     await self._publish()
 
     async def _quiesce(self) -> None:
-        """Wait until changes pause for ``min``, but no longer than ``max``."""
+        """Wait until changes pause for ``min`` after the last one, but no longer than ``max``."""
         delay = self.global_config.publish_delay
         deadline = time.monotonic() + delay.max
         while True:
-            self._changed.clear()
-            remaining = deadline - time.monotonic()
+            self._wake.clear()
+            remaining = min(self._last_change + delay.min, deadline) - time.monotonic()
             if remaining <= 0:
                 return
             try:
                 # Not wait_for: on 3.11 it can lose a cancellation (see base._sleep).
-                async with asyncio.timeout(min(delay.min, remaining)):
-                    await self._changed.wait()
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
             except TimeoutError:
-                self._changed.clear()
+                self._wake.clear()
                 return
 
     async def _publish(self) -> None:
@@ -380,7 +379,7 @@ class Job:
             self._dirty = True
             wait = self.guard.seconds_until_release()
             if wait is not None:
-                asyncio.get_running_loop().call_later(wait + 0.01, self._changed.set)
+                asyncio.get_running_loop().call_later(wait + 0.01, self._wake.set)
             return
         self._set_snapshot(snapshot)
         self._published.set()

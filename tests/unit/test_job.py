@@ -102,6 +102,23 @@ async def test_publish_delay_max_bounds_a_continuous_stream() -> None:
             assert n < 1000, "never published during a continuous stream"
 
 
+async def test_syncs_without_changes_do_not_postpone_a_pending_publish() -> None:
+    # Frequent refreshes that find nothing new must not keep re-arming the quiescence
+    # window of a real change, or its publish waits for max (here, a minute).
+    job, (a,), out = make_job(delay=(0.2, 60.0))
+    async with running(job):
+        await a.send([group("x", "127.0.0.1:1")])
+        await until(lambda: len(out.snapshots) == 1)
+        await a.send([group("y", "127.0.0.2:1")])
+        n = 0
+        while len(out.snapshots) < 2:
+            n += 1
+            await a.send([])
+            await asyncio.sleep(0.01)  # faster than min
+            assert n < 1000, "a stream of no-change syncs postponed the publish"
+        assert out.snapshots[1].target_count == 2
+
+
 async def test_identical_state_is_not_republished() -> None:
     job, (a,), out = make_job()
     async with running(job):
