@@ -35,6 +35,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -70,11 +71,12 @@ def parse_go_duration(text: str) -> float:
 class Fault:
     """One injected fault: applies to requests whose path matches ``path``."""
 
-    kind: str  # status | delay | malformed | truncated | short | reset
+    kind: str  # status | delay | malformed | truncated | short | reset | index
     path: str = ".*"
     status: int = 500
     body: str = "rpc error: injected fault"
     delay: float = 0.0
+    index: int = 0  # for "index": the X-Consul-Index to announce instead of the real one
     count: int | None = None  # None: until cleared
     hits: int = 0
     pattern: re.Pattern[str] = field(init=False)
@@ -246,12 +248,14 @@ class ConsulDouble:
         acl_token: str | None = None,
         basic_auth: tuple[str, str] | None = None,
         jitter: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.datacenter = datacenter
         self.port = port
         self.acl_token = acl_token
         self.basic_auth = basic_auth
         self.jitter = jitter
+        self.ssl_context = ssl_context
         self._lock = threading.RLock()
         self._index = 1
         self._nodes: dict[str, dict[str, Any]] = {}
@@ -267,6 +271,7 @@ class ConsulDouble:
         self._agents: dict[int, str] = {}  # id(transport) -> User-Agent of its requests
         self.requests: Counter[str] = Counter()
         self.requests_by_agent: Counter[str] = Counter()
+        self.index_params: dict[str, list[str]] = {}  # endpoint -> ``index`` values asked
         self.blocking_requests: Counter[str] = Counter()
         self.waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -280,7 +285,8 @@ class ConsulDouble:
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:8500``."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def address(self) -> str:
@@ -307,7 +313,14 @@ class ConsulDouble:
         self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         # Thousands of long-polls open at once: a small backlog would stall clients in SYN retries.
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=4096, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            "127.0.0.1",
+            self.port,
+            backlog=4096,
+            reuse_address=True,
+            ssl_context=self.ssl_context,
+        )
         await site.start()
         server = getattr(site, "_server", None)
         if self.port == 0 and server is not None and server.sockets:
@@ -724,6 +737,7 @@ class ConsulDouble:
             self.requests[endpoint] += 1
             if "index" in request.query:
                 self.blocking_requests[endpoint] += 1
+                self.index_params.setdefault(endpoint, []).append(request.query["index"])
         # Faults of the request apply on arrival, damage to the body when the answer leaves
         # (so a blocking query already waiting gets a damaged answer too).
         fault = self._fault_for(path, ("delay", "status", "reset"))
@@ -742,8 +756,11 @@ class ConsulDouble:
         if dc and dc != self.datacenter:
             return web.Response(status=500, text="No path to datacenter")
         response: web.StreamResponse = await handler(request)
-        damage = self._fault_for(path, ("malformed", "truncated", "short"))
+        damage = self._fault_for(path, ("malformed", "truncated", "short", "index"))
         if damage is not None and response.status == 200:
+            if damage.kind == "index":
+                response.headers["X-Consul-Index"] = str(damage.index)
+                return response
             return await _damaged(request, response, damage.kind)
         return response
 

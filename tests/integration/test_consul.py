@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from sdbridge import metrics
 from sdbridge.config import parse_config
 from sdbridge.discovery.base import DiscoveryContext
 from sdbridge.discovery.consul import (
@@ -25,6 +28,7 @@ from sdbridge.discovery.consul import (
 from sdbridge.errors import BackendError
 from sdbridge.model import TargetGroup, sanitize_label_name
 from tests.doubles.consul_double import ConsulDouble, compile_filter, parse_go_duration, running
+from tests.servers.tls import self_signed
 
 # --- config ------------------------------------------------------------------------------
 
@@ -520,6 +524,22 @@ async def test_index_going_backwards_resyncs(consul: ConsulDouble) -> None:
         )
 
 
+async def test_an_index_below_one_is_treated_as_one(consul: ConsulDouble) -> None:
+    consul.load(_web_dataset(instances=1, services=1))
+    consul.add_fault("index", path="/v1/catalog/nodes", index=0)
+    async with discovering(consul) as h:
+        await h.wait_for(lambda: len(h.targets()) == 1, "1 target")
+        await h.wait_for(
+            lambda: "1" in consul.index_params.get("/v1/catalog/nodes", []), "a query at index 1"
+        )
+        assert "0" not in consul.index_params["/v1/catalog/nodes"]
+        # The other long-polls still see changes.
+        consul.set_check_status("node0", "check-svc0-0", "critical")
+        await h.wait_for(
+            lambda: h.targets()["svc0-0"].get("__meta_consul_health") == "critical", "change"
+        )
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 
@@ -588,3 +608,31 @@ async def test_label_unsafe_metadata_keys(consul: ConsulDouble) -> None:
         assert target["__meta_consul_service_metadata_version_1_2"] == "v"
         assert target["__meta_consul_tagged_address_lan_ipv4"] == "127.0.0.1"
         assert target["__meta_consul_tagged_address_wan_x"] == "127.0.0.2"
+
+
+async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
+    material = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(material.cert, material.key)
+    with running(ssl_context=context) as consul:
+        consul.load(_web_dataset(1))
+        async with discovering(
+            consul, scheme="https", tls_config={"ca_file": str(material.cert)}
+        ) as h:
+            await h.wait_for(lambda: len(h.targets()) == 1, "one target over TLS")
+        async with discovering(consul, scheme="https") as h:
+            message = await _first_failure(h)  # the system CAs do not know this certificate
+        assert "certificate" in message.lower()
+        async with discovering(
+            consul, scheme="https", tls_config={"insecure_skip_verify": True}
+        ) as h:
+            await h.wait_for(lambda: len(h.targets()) == 1, "one target, unverified")
+
+
+async def test_failures_are_counted_in_the_metric() -> None:
+    failures = metrics.REFRESH_FAILURES.labels(job="test", mechanism="consul")
+    before = failures._value.get()
+    with running(acl_token="right") as consul:
+        async with discovering(consul, token="wrong") as h:
+            await _first_failure(h)
+    assert failures._value.get() > before
