@@ -249,6 +249,7 @@ class ConsulDouble:
         basic_auth: tuple[str, str] | None = None,
         jitter: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        path_prefix: str = "",
     ) -> None:
         self.datacenter = datacenter
         self.port = port
@@ -256,6 +257,7 @@ class ConsulDouble:
         self.basic_auth = basic_auth
         self.jitter = jitter
         self.ssl_context = ssl_context
+        self.path_prefix = path_prefix  # serve the API under it, as behind a proxy
         self._lock = threading.RLock()
         self._index = 1
         self._nodes: dict[str, dict[str, Any]] = {}
@@ -303,6 +305,10 @@ class ConsulDouble:
         app.router.add_get("/v1/health/state/{state}", self._health_state)
         app.router.add_post("/_double/call", self._control_call)
         app.router.add_get("/_double/stats", self._control_stats)
+        if self.path_prefix:
+            root = web.Application()
+            root.add_subapp(self.path_prefix, app)
+            return root
         return app
 
     async def start_async(self) -> None:
@@ -725,7 +731,7 @@ class ConsulDouble:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
-        path = request.path
+        path = request.path.removeprefix(self.path_prefix)
         if path.startswith("/_double/"):
             return await handler(request)  # type: ignore[no-any-return]
         endpoint = "/v1/health/service" if path.startswith("/v1/health/service/") else path

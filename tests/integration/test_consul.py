@@ -423,6 +423,17 @@ async def test_no_send_before_the_first_sync_and_empty_catalog(consul: ConsulDou
         assert h.context.status.synced
 
 
+async def test_path_prefix_and_namespace() -> None:
+    with running(path_prefix="/consul") as consul:
+        consul.register_node("n", "127.0.0.1")
+        consul.register_service("n", "web", 1, service_id="a", namespace="team-a")
+        consul.register_service("n", "web", 2, service_id="b", namespace="team-b")
+        async with discovering(consul, path_prefix="consul/", namespace="team-a") as h:
+            await h.wait_for(lambda: bool(h.sends), "first send")
+            assert set(h.targets()) == {"a"}
+            assert h.targets()["a"]["__meta_consul_namespace"] == "team-a"
+
+
 async def test_token_and_basic_auth_are_sent() -> None:
     with running(acl_token="tok", basic_auth=("u", "p")) as consul:
         consul.load(_web_dataset(1))
