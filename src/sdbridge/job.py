@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from . import metrics
 from .config import GlobalConfig, JobConfigBase
 from .discovery import mechanisms
-from .discovery.base import Backoff, Discoverer, DiscoveryContext, MechanismConfig
+from .discovery.base import Backoff, Discoverer, DiscoveryContext, MechanismConfig, wait_event
 from .errors import DiscoveryError, InvalidTargetError
 from .guard import Guard
 from .model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, is_valid_label_name
@@ -351,12 +351,7 @@ class Job:
             remaining = min(self._last_change + delay.min, deadline) - time.monotonic()
             if remaining <= 0:
                 return
-            try:
-                # Not wait_for: on 3.11 it can lose a cancellation (see base._sleep).
-                async with asyncio.timeout(remaining):
-                    await self._wake.wait()
-            except TimeoutError:
-                self._wake.clear()
+            if not await wait_event(self._wake, remaining):
                 return
 
     async def _publish(self) -> None:

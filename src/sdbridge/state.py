@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from . import metrics
-from .discovery.base import Backoff
+from .discovery.base import Backoff, wait_event
 from .errors import InvalidTargetError, OutputError
 from .model import parse_file_sd
 from .outputs.file import atomic_write, remove_stale_temp_files
@@ -198,9 +198,7 @@ class StateOutput:
                         extra={"job": self.job},
                     )
                 self.last_error = str(exc)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff.next_delay()):  # not wait_for: 3.11
-                        await self._wakeup.wait()
+                await wait_event(self._wakeup, backoff.next_delay())
                 self._wakeup.set()
                 continue
             if self.last_error is not None:

@@ -15,7 +15,6 @@ and :meth:`DiscoveryContext.record_success` / :meth:`record_failure` for the sam
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -229,6 +228,18 @@ class Backoff:
         self.attempts = 0
 
 
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set, at most ``seconds``; return whether it was set."""
+    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+    # arrives as the wait ends, and then a shutdown waits for the waiting task forever.
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 RC = TypeVar("RC", bound=RefreshConfig)
 
 
@@ -287,11 +298,7 @@ class RefreshDiscoverer(BaseDiscoverer[RC]):
             await self._sleep(delay)
 
     async def _sleep(self, delay: float) -> None:
-        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-        # arrives as the wait ends, and then a shutdown waits for this task forever.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._wakeup.wait()
+        await wait_event(self._wakeup, delay)
 
 
 def run_for(discoverer: Any) -> Callable[[Send], Awaitable[None]]:

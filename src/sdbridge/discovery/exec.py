@@ -87,7 +87,7 @@ class ExecDiscoverer(RefreshDiscoverer[ExecSDConfig]):
             where = f" in {cfg.working_dir}" if cfg.working_dir is not None else ""
             raise DiscoveryError(f"cannot run {shown}{where}: {what}") from exc
         try:
-            # Not wait_for: on 3.11 it can lose a cancellation (see base._sleep).
+            # Not wait_for: on 3.11 it can lose a cancellation (see base.wait_event).
             async with asyncio.timeout(cfg.timeout):
                 stdout, stderr = await proc.communicate()
         except TimeoutError:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .. import metrics
-from ..discovery.base import Backoff
+from ..discovery.base import Backoff, wait_event
 from ..errors import OutputError
 from ..render import Snapshot, render_json, render_yaml
 
@@ -162,9 +162,7 @@ class FileOutput:
                     )
                 self.last_error = str(exc)
                 # Retry later unless a newer snapshot arrives first (it wakes us too).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff.next_delay()):  # not wait_for: 3.11
-                        await self._wakeup.wait()
+                await wait_event(self._wakeup, backoff.next_delay())
                 self._wakeup.set()
                 continue
             if self.last_error is not None:

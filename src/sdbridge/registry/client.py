@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..discovery.base import Backoff
+from ..discovery.base import Backoff, wait_event
 from ..durations import parse_duration
 from ..errors import SdbridgeError
 from .api import PREFIX
@@ -153,13 +152,13 @@ class Registration:
                     if not failing:
                         log.warning("cannot reach sdbridge at %s, retrying: %s", self.url, exc)
                     failing = True
-                    await _wait(stop, backoff.next_delay())
+                    await wait_event(stop, backoff.next_delay())
                     continue
                 if failing:
                     log.info("reached sdbridge again")
                 failing = False
                 backoff.reset()
-                await _wait(stop, self.ttl / 3)
+                await wait_event(stop, self.ttl / 3)
             if registered:
                 try:
                     await self.deregister(session)
@@ -168,11 +167,6 @@ class Registration:
                     log.warning(
                         "could not deregister %s (its ttl will expire it): %s", self.name, exc
                     )
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
 
 
 async def run_register(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .. import metrics
+from ..discovery.base import wait_event
 from ..durations import format_duration, parse_duration
 from ..errors import BackendError, SdbridgeError
 from ..model import is_valid_address, is_valid_label_name
@@ -617,8 +618,7 @@ class Store:
             timeout = _MAX_SLEEP
             if self._heap:
                 timeout = min(_MAX_SLEEP, max(0.0, self._heap[0][0] - time.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
 
     async def _expire(self, keys: list[Key], now: float) -> None:
         # The expires_at condition spares an instance renewed after the decision was made.
