@@ -24,7 +24,7 @@ from .discovery.base import Backoff, Discoverer, DiscoveryContext, MechanismConf
 from .errors import DiscoveryError, InvalidTargetError
 from .guard import Guard
 from .model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, is_valid_label_name
-from .outputs import Output
+from .outputs import Output, SnapshotWriter
 from .outputs.file import FileOutput
 from .relabel import Rule, compile_rules, process
 from .render import Entry, Snapshot, entry_address, gc_paused, make_entry, sort_entries
@@ -415,7 +415,7 @@ class Job:
             "outputs": [
                 {"name": o.name, "path": str(o.path), "last_error": o.last_error}
                 for o in self.outputs
-                if isinstance(o, FileOutput | StateOutput)
+                if isinstance(o, SnapshotWriter)
             ],
         }
 

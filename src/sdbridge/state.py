@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 
 from . import metrics
-from .discovery.base import Backoff, wait_event
 from .errors import InvalidTargetError, OutputError
 from .model import parse_file_sd
+from .outputs import SnapshotWriter
 from .outputs.file import atomic_write, remove_stale_temp_files
 from .render import Snapshot, make_entry, sort_entries
 
@@ -110,25 +110,21 @@ def decode_state(data: bytes, *, job: str, origin: str) -> Snapshot:
     return dataclasses.replace(snapshot, created=float(created))
 
 
-class StateOutput:
+class StateOutput(SnapshotWriter):
     """Keeps a job's last published snapshot on disk; loads it back at start.
 
-    Implements the Output protocol: ``publish`` queues, ``run`` writes the newest
-    snapshot atomically (only when its body changed), retrying failures with backoff.
-    A stale (restored) snapshot is never written back: it came from this file.
+    The newest snapshot is written atomically, only when its body changed (the retry
+    loop is :class:`~sdbridge.outputs.SnapshotWriter`'s). A stale (restored) snapshot
+    is never written back: it came from this file.
     """
 
     name = "state"
+    log = log
+    failed_message = "cannot store the last-known-good state (the previous one stays): %s"
+    recovered_message = "state stored again: %s"
 
     def __init__(self, job: str, state_dir: Path) -> None:
-        self.job = job
-        self.path = state_path(state_dir, job)
-        self.last_error: str | None = None
-        self._written: bytes | None = None  # the body now on disk
-        self._pending: Snapshot | None = None
-        self._wakeup = asyncio.Event()
-        self._published = metrics.PUBLISH_TOTAL.labels(job=job, output=self.name)
-        self._failed = metrics.PUBLISH_FAILURES.labels(job=job, output=self.name)
+        super().__init__(job, state_path(state_dir, job))
         self._load_failures = metrics.STATE_LOAD_FAILURES.labels(job=job)
 
     async def load(self) -> Snapshot | None:
@@ -172,41 +168,11 @@ class StateOutput:
 
     def publish(self, snapshot: Snapshot) -> None:
         """Queue ``snapshot`` to be stored; stale (restored) snapshots are not stored again."""
-        if snapshot.stale:
-            return
-        self._pending = snapshot
-        self._wakeup.set()
+        if not snapshot.stale:
+            super().publish(snapshot)
 
-    async def run(self) -> None:
-        """Store pending snapshots until cancelled."""
+    async def _prepare(self) -> None:
         await asyncio.to_thread(self._prepare_dir)
-        backoff = Backoff(0.5, 30.0)
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            snapshot = self._pending
-            if snapshot is None:
-                continue
-            try:
-                await self._write(snapshot)
-            except OutputError as exc:
-                self._failed.inc()
-                if self.last_error != str(exc):
-                    log.error(
-                        "cannot store the last-known-good state (the previous one stays): %s",
-                        exc,
-                        extra={"job": self.job},
-                    )
-                self.last_error = str(exc)
-                await wait_event(self._wakeup, backoff.next_delay())
-                self._wakeup.set()
-                continue
-            if self.last_error is not None:
-                log.info("state stored again: %s", self.path, extra={"job": self.job})
-                self.last_error = None
-            backoff.reset()
-            if self._pending is snapshot:
-                self._pending = None
 
     def _prepare_dir(self) -> None:
         with contextlib.suppress(OSError):  # a failure shows up, named, on the first write

@@ -18,10 +18,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .. import metrics
-from ..discovery.base import Backoff, wait_event
 from ..errors import OutputError
 from ..render import Snapshot, render_json, render_yaml
+from . import SnapshotWriter
 
 log = logging.getLogger("sdbridge.outputs.file")
 
@@ -110,7 +109,7 @@ def render_for(path: Path, snapshot: Snapshot, *, pretty: bool = False) -> bytes
     return snapshot.body
 
 
-class FileOutput:
+class FileOutput(SnapshotWriter):
     """Writes a job's snapshots to one file; retries failed writes with backoff.
 
     A write is recorded as done only after the rename and directory fsync succeeded,
@@ -118,59 +117,19 @@ class FileOutput:
     """
 
     name = "file"
-    retry_backoff: tuple[float, float] = (0.5, 30.0)  # seconds: first retry, longest wait
+    log = log
+    failed_message = "write failed, the previous file stays: %s"
+    recovered_message = "write succeeded again: %s"
 
     def __init__(self, job: str, path: Path, *, mode: int = 0o644, pretty: bool = False) -> None:
-        self.job = job
-        self.path = path
+        super().__init__(job, path)
         self.mode = mode
         self.pretty = pretty
-        self.last_error: str | None = None
-        self._written: bytes | None = None
-        self._pending: Snapshot | None = None
-        self._wakeup = asyncio.Event()
-        self._published = metrics.PUBLISH_TOTAL.labels(job=job, output=self.name)
-        self._failed = metrics.PUBLISH_FAILURES.labels(job=job, output=self.name)
 
-    def publish(self, snapshot: Snapshot) -> None:
-        """Queue ``snapshot`` for writing; a newer one replaces an unwritten older one."""
-        self._pending = snapshot
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        """Write pending snapshots until cancelled."""
+    async def _prepare(self) -> None:
         for stale in await asyncio.to_thread(remove_stale_temp_files, self.path):
             log.info("removed a temp file left by an earlier run: %s", stale)
         self._written = await asyncio.to_thread(self._read_current)
-        backoff = Backoff(*self.retry_backoff)
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            snapshot = self._pending
-            if snapshot is None:
-                continue
-            try:
-                await self._write(snapshot)
-            except Exception as exc:  # an output never dies: it reports and retries
-                self._failed.inc()
-                if self.last_error != str(exc):
-                    log.error(
-                        "write failed, the previous file stays: %s",
-                        exc,
-                        exc_info=None if isinstance(exc, OutputError) else exc,
-                        extra={"job": self.job},
-                    )
-                self.last_error = str(exc)
-                # Retry later unless a newer snapshot arrives first (it wakes us too).
-                await wait_event(self._wakeup, backoff.next_delay())
-                self._wakeup.set()
-                continue
-            if self.last_error is not None:
-                log.info("write succeeded again: %s", self.path, extra={"job": self.job})
-                self.last_error = None
-            backoff.reset()
-            if self._pending is snapshot:
-                self._pending = None
 
     async def write_now(self, snapshot: Snapshot) -> None:
         """Write ``snapshot`` at once (for ``sdbridge once``); raise OutputError on failure."""
