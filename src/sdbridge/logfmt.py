@@ -28,21 +28,26 @@ def _logfmt_value(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, object]:
+    """A record's fields in output order: ts, level, logger, msg, extras, then err."""
+    fields: dict[str, object] = {
+        "ts": _timestamp(record),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+        **_extras(record),
+    }
+    if record.exc_info:
+        fields["err"] = formatter.formatException(record.exc_info)
+    return fields
+
+
 class LogfmtFormatter(logging.Formatter):
     """``ts=... level=info logger=... msg="..." key=value``."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Format one record as a logfmt line."""
-        fields: dict[str, object] = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **_extras(record),
-        }
-        if record.exc_info:
-            fields["err"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(self, record).items())
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,16 +55,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Format one record as a JSON line."""
-        fields: dict[str, object] = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **_extras(record),
-        }
-        if record.exc_info:
-            fields["err"] = self.formatException(record.exc_info)
-        return orjson.dumps(fields, default=str).decode()
+        return orjson.dumps(_fields(self, record), default=str).decode()
 
 
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
