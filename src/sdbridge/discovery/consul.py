@@ -773,7 +773,9 @@ class _Watch:
             while True:
                 timeout = self._next_wakeup(pending, retry_at, sweep_task is not None)
                 try:
-                    event = await asyncio.wait_for(self.events.get(), timeout)
+                    # Not wait_for: on 3.11 it can lose a cancellation (see base.wait_event).
+                    async with asyncio.timeout(timeout):
+                        event = await self.events.get()
                 except TimeoutError:
                     pass
                 else:
