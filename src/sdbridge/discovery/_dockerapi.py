@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import urlsplit
@@ -23,7 +23,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import BackendError
-from ..model import TargetGroup, sanitize_label_name
+from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, sanitize_label_name
 from ._http import Authorization, BasicAuth, TLSConfig, auth_headers
 from .base import Backoff, DiscoveryContext, RefreshConfig, RefreshDiscoverer, Send
 
@@ -273,6 +273,15 @@ class EngineClient:
         await self.negotiate()
         return await self._get_json(path, params, versioned=True)
 
+    async def get_list(
+        self, path: str, params: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """GET a versioned API path that lists objects; its items that are objects."""
+        items = await self.get(path, params)
+        if not isinstance(items, list):
+            raise BackendError(f"Docker Engine at {self.host}: GET {path} is not a list")
+        return [item for item in items if isinstance(item, dict)]
+
     async def _get_json(
         self, path: str, params: Mapping[str, str] | None, *, versioned: bool
     ) -> Any:
@@ -357,6 +366,19 @@ def dig(obj: Any, *keys: str) -> Any:
     return obj
 
 
+def int_field(obj: Any, key: str) -> int:
+    """``obj[key]`` if it is an integer (not a bool), else 0 (Go's zero value)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def prefixed_labels(labels: Any, prefix: str) -> dict[str, str]:
+    """An engine object's ``Labels`` as ``<prefix><sanitized key>`` labels ({} if none)."""
+    if not isinstance(labels, dict):
+        return {}
+    return {prefix + sanitize_label_name(str(k)): str(v) for k, v in labels.items()}
+
+
 def join_host_port(host: str, port: int) -> str:
     """``host:port``, bracketing an IPv6 host (Go's net.JoinHostPort)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -377,10 +399,7 @@ def network_labels(networks: list[Any], prefix: str) -> dict[str, dict[str, str]
             prefix + "network_internal": "true" if network.get("Internal") is True else "false",
             prefix + "network_ingress": "true" if network.get("Ingress") is True else "false",
         }
-        own = network.get("Labels")
-        if isinstance(own, dict):
-            for key, value in own.items():
-                entry[prefix + "network_label_" + sanitize_label_name(str(key))] = str(value)
+        entry.update(prefixed_labels(network.get("Labels"), prefix + "network_label_"))
         labels[nid] = entry
     return labels
 
@@ -439,6 +458,24 @@ class EngineWatcher(RefreshDiscoverer[EC]):
     def event_types(self) -> list[str]:
         """The engine event types that can change the targets."""
         raise NotImplementedError
+
+    def valid_group(
+        self, source: str, targets: Iterable[LabelSet], *, where: str = "", hint: str = ""
+    ) -> TargetGroup:
+        """A group of the targets with a valid address; the others are reported and skipped.
+
+        ``where`` names the object in the report (default: ``source``); ``hint`` follows
+        the problem, e.g. what to check.
+        """
+        valid = []
+        for target in targets:
+            if is_valid_address(target[ADDRESS_LABEL]):
+                valid.append(target)
+            else:
+                self.context.record_invalid(
+                    where or source, f"address {target[ADDRESS_LABEL]!r} is not host:port{hint}"
+                )
+        return TargetGroup(source=source, targets=tuple(valid))
 
     async def refresh(self) -> list[TargetGroup]:
         """List everything from the engine (see :meth:`list_groups`)."""

@@ -26,16 +26,17 @@ from typing import Any
 
 from pydantic import Field
 
-from ..errors import BackendError
-from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, sanitize_label_name
+from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address
 from . import register
 from ._dockerapi import (
     EngineClient,
     EngineConfig,
     EngineWatcher,
     dig,
+    int_field,
     join_host_port,
     network_labels,
+    prefixed_labels,
 )
 
 PREFIX = "__meta_docker_"
@@ -75,12 +76,11 @@ class DockerDiscoverer(EngineWatcher[DockerSDConfig]):
     async def list_groups(self, client: EngineClient) -> list[TargetGroup]:
         """One group per container (see the module docstring for the targets)."""
         filters = self.config.filter_param()
-        containers = await client.get("/containers/json", {"filters": filters} if filters else None)
-        networks = await client.get("/networks")
-        if not isinstance(containers, list) or not isinstance(networks, list):
-            raise BackendError(f"Docker Engine at {client.host}: a list call did not return a list")
-        net_labels = network_labels(networks, PREFIX)
-        by_id = {_id(c): c for c in containers if isinstance(c, dict)}
+        containers = await client.get_list(
+            "/containers/json", {"filters": filters} if filters else None
+        )
+        net_labels = network_labels(await client.get_list("/networks"), PREFIX)
+        by_id = {_id(c): c for c in containers}
         # Prometheus skips a container without a name.
         return [
             self._container_group(c, by_id, net_labels)
@@ -105,10 +105,7 @@ class DockerDiscoverer(EngineWatcher[DockerSDConfig]):
             common[CONTAINER_IMAGE] = str(container["Image"])
         if container.get("ImageID"):
             common[CONTAINER_IMAGE_ID] = str(container["ImageID"])
-        labels = container.get("Labels")
-        if isinstance(labels, dict):
-            for key, value in labels.items():
-                common[CONTAINER_LABEL_PREFIX + sanitize_label_name(str(key))] = str(value)
+        common.update(prefixed_labels(container.get("Labels"), CONTAINER_LABEL_PREFIX))
 
         networks = _networks(container)
         followed = mode
@@ -133,13 +130,13 @@ class DockerDiscoverer(EngineWatcher[DockerSDConfig]):
             ip = str(network.get("IPAddress") or network.get("GlobalIPv6Address") or "")
             net = net_labels.get(str(network.get("NetworkID") or ""), {})
             for port in ports:
-                target = {NETWORK_IP: ip, PORT_PRIVATE: str(_port(port, "PrivatePort"))}
-                if _port(port, "PublicPort") > 0:
-                    target[PORT_PUBLIC] = str(_port(port, "PublicPort"))
+                target = {NETWORK_IP: ip, PORT_PRIVATE: str(int_field(port, "PrivatePort"))}
+                if int_field(port, "PublicPort") > 0:
+                    target[PORT_PUBLIC] = str(int_field(port, "PublicPort"))
                     target[PORT_PUBLIC_IP] = str(port.get("IP") or "")
                 target.update(common)
                 target.update(net)
-                target[ADDRESS_LABEL] = join_host_port(ip, _port(port, "PrivatePort"))
+                target[ADDRESS_LABEL] = join_host_port(ip, int_field(port, "PrivatePort"))
                 targets.append(target)
             if not ports:
                 # Host-networking containers have no ports, so they only end up here.
@@ -148,16 +145,12 @@ class DockerDiscoverer(EngineWatcher[DockerSDConfig]):
                 else:
                     address = join_host_port(ip, self.config.port)
                 targets.append({NETWORK_IP: ip, **common, **net, ADDRESS_LABEL: address})
-        valid = []
-        for target in targets:
-            if is_valid_address(target[ADDRESS_LABEL]):
-                valid.append(target)
-            else:
-                self.context.record_invalid(
-                    f"container {common[CONTAINER_NAME]}",
-                    f"address {target[ADDRESS_LABEL]!r} is not host:port (no IP on that network?)",
-                )
-        return TargetGroup(source=f"container/{cid}", targets=tuple(valid))
+        return self.valid_group(
+            f"container/{cid}",
+            targets,
+            where=f"container {common[CONTAINER_NAME]}",
+            hint=" (no IP on that network?)",
+        )
 
     def _host_networking_address(self) -> str:
         host = self.config.host_networking_host
@@ -173,8 +166,3 @@ def _networks(container: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if not isinstance(networks, dict):
         return {}
     return {str(k): v for k, v in networks.items() if isinstance(v, dict)}
-
-
-def _port(port: Mapping[str, Any], key: str) -> int:
-    value = port.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -29,21 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field
 
 from ..errors import BackendError
-from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, sanitize_label_name
+from ..model import ADDRESS_LABEL, LabelSet, TargetGroup
 from . import register
 from ._dockerapi import (
     EngineClient,
     EngineConfig,
     EngineWatcher,
     dig,
+    int_field,
     join_host_port,
     network_labels,
+    prefixed_labels,
 )
 from .base import DiscoveryContext
 
@@ -122,18 +124,18 @@ class DockerSwarmDiscoverer(EngineWatcher[DockerSwarmSDConfig]):
         filters = self.config.filter_param()
         params = {"filters": filters} if filters else None
         if self.config.role == "nodes":
-            nodes = await _list(client, "/nodes", params)
+            nodes = await client.get_list("/nodes", params)
             return self._node_groups(nodes)
         if self.config.role == "services":
             services, networks = await asyncio.gather(
-                _list(client, "/services", params), _list(client, "/networks")
+                client.get_list("/services", params), client.get_list("/networks")
             )
             return self._service_groups(services, network_labels(networks, PREFIX))
         tasks, services, nodes, networks = await asyncio.gather(
-            _list(client, "/tasks", params),
-            _list(client, "/services"),
-            _list(client, "/nodes"),
-            _list(client, "/networks"),
+            client.get_list("/tasks", params),
+            client.get_list("/services"),
+            client.get_list("/nodes"),
+            client.get_list("/networks"),
         )
         self.settling = any(_moving(task) for task in tasks)
         return self._task_groups(tasks, services, nodes, network_labels(networks, PREFIX))
@@ -170,10 +172,10 @@ class DockerSwarmDiscoverer(EngineWatcher[DockerSwarmSDConfig]):
                             SERVICE_ENDPOINT_PORT_PUBLISH_MODE: _str(port, "PublishMode"),
                             **common,
                             **net,
-                            ADDRESS_LABEL: join_host_port(ip, _int(port, "PublishedPort")),
+                            ADDRESS_LABEL: join_host_port(ip, int_field(port, "PublishedPort")),
                         }
                     )
-            groups.append(self._group(f"service/{sid}", targets))
+            groups.append(self.valid_group(f"service/{sid}", targets))
         return groups
 
     # --- tasks -------------------------------------------------------------------------
@@ -198,19 +200,23 @@ class DockerSwarmDiscoverer(EngineWatcher[DockerSwarmSDConfig]):
                 TASK_ID: tid,
                 TASK_DESIRED_STATE: _str(task, "DesiredState"),
                 TASK_STATE: _str(dig(task, "Status"), "State"),
-                TASK_SLOT: str(_int(task, "Slot")),
+                TASK_SLOT: str(int_field(task, "Slot")),
             }
             container_status = dig(task, "Status", "ContainerStatus")
             if isinstance(container_status, dict):
                 common[TASK_CONTAINER_ID] = _str(container_status, "ContainerID")
             common.update(
-                _sanitized(dig(task, "Spec", "ContainerSpec", "Labels"), CONTAINER_LABEL_PREFIX)
+                prefixed_labels(
+                    dig(task, "Spec", "ContainerSpec", "Labels"), CONTAINER_LABEL_PREFIX
+                )
             )
             common.update(service_labels.get(_str(task, "ServiceID"), {}))
             common.update(node_labels.get(_str(task, "NodeID"), {}))
             targets: list[LabelSet] = []
             for port in _tcp_ports(dig(task, "Status", "PortStatus", "Ports")):
-                address = join_host_port(common.get(NODE_ADDRESS, ""), _int(port, "PublishedPort"))
+                address = join_host_port(
+                    common.get(NODE_ADDRESS, ""), int_field(port, "PublishedPort")
+                )
                 targets.append(
                     {
                         TASK_PORT_PUBLISH_MODE: _str(port, "PublishMode"),
@@ -233,10 +239,10 @@ class DockerSwarmDiscoverer(EngineWatcher[DockerSwarmSDConfig]):
                                 TASK_PORT_PUBLISH_MODE: _str(port, "PublishMode"),
                                 **common,
                                 **net,
-                                ADDRESS_LABEL: join_host_port(ip, _int(port, "PublishedPort")),
+                                ADDRESS_LABEL: join_host_port(ip, int_field(port, "PublishedPort")),
                             }
                         )
-            groups.append(self._group(f"task/{tid}", targets))
+            groups.append(self.valid_group(f"task/{tid}", targets))
         return groups
 
     # --- nodes -------------------------------------------------------------------------
@@ -252,29 +258,8 @@ class DockerSwarmDiscoverer(EngineWatcher[DockerSwarmSDConfig]):
                 labels[NODE_MANAGER_REACHABILITY] = _str(manager, "Reachability")
                 labels[NODE_MANAGER_ADDRESS] = _str(manager, "Addr")
             labels[ADDRESS_LABEL] = join_host_port(labels[NODE_ADDRESS], self.config.port)
-            groups.append(self._group(f"node/{labels[NODE_ID]}", [labels]))
+            groups.append(self.valid_group(f"node/{labels[NODE_ID]}", [labels]))
         return groups
-
-    def _group(self, source: str, targets: Iterable[LabelSet]) -> TargetGroup:
-        """A group of the targets with a valid address; the others are reported and skipped."""
-        valid = []
-        for target in targets:
-            if is_valid_address(target[ADDRESS_LABEL]):
-                valid.append(target)
-            else:
-                self.context.record_invalid(
-                    source, f"address {target[ADDRESS_LABEL]!r} is not host:port"
-                )
-        return TargetGroup(source=source, targets=tuple(valid))
-
-
-async def _list(
-    client: EngineClient, path: str, params: Mapping[str, str] | None = None
-) -> list[Any]:
-    items = await client.get(path, params)
-    if not isinstance(items, list):
-        raise BackendError(f"Docker Engine at {client.host}: GET {path} is not a list")
-    return [item for item in items if isinstance(item, dict)]
 
 
 def _moving(task: Mapping[str, Any]) -> bool:
@@ -293,7 +278,7 @@ def _service_labels(service: Mapping[str, Any]) -> LabelSet:
         SERVICE_NAME: _str(dig(service, "Spec"), "Name"),
         SERVICE_MODE: _service_mode(service),
     }
-    labels.update(_sanitized(dig(service, "Spec", "Labels"), SERVICE_LABEL_PREFIX))
+    labels.update(prefixed_labels(dig(service, "Spec", "Labels"), SERVICE_LABEL_PREFIX))
     return labels
 
 
@@ -319,14 +304,8 @@ def _node_labels(node: Mapping[str, Any]) -> LabelSet:
         NODE_PLATFORM_OS: _str(dig(node, "Description", "Platform"), "OS"),
         NODE_STATUS: _str(dig(node, "Status"), "State"),
     }
-    labels.update(_sanitized(dig(node, "Spec", "Labels"), NODE_LABEL_PREFIX))
+    labels.update(prefixed_labels(dig(node, "Spec", "Labels"), NODE_LABEL_PREFIX))
     return labels
-
-
-def _sanitized(labels: Any, prefix: str) -> LabelSet:
-    if not isinstance(labels, dict):
-        return {}
-    return {prefix + sanitize_label_name(str(k)): str(v) for k, v in labels.items()}
 
 
 def _tcp_ports(ports: Any) -> list[dict[str, Any]]:
@@ -341,11 +320,6 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
 def _str(obj: Any, key: str) -> str:
     value = obj.get(key) if isinstance(obj, dict) else None
     return "" if value is None else str(value)
-
-
-def _int(obj: Any, key: str) -> int:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _cidr_ip(cidr: str, where: str) -> str:
