@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from sdbridge.config import GlobalConfig, JobConfigBase, PublishDelay, config_models
 from sdbridge.discovery.base import GroupDiff, Send
@@ -68,6 +69,25 @@ class RecordingOutput:
     async def run(self) -> None:
         """Nothing to do in the background."""
         await asyncio.Event().wait()
+
+
+class Runnable(Protocol):
+    """Anything with an ``async run()`` that runs until cancelled (a Job, an output)."""
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+
+
+@contextlib.asynccontextmanager
+async def running(runnable: Runnable) -> AsyncIterator[None]:
+    """Run ``runnable.run()`` as a task for the ``async with`` block; cancel it after."""
+    task = asyncio.create_task(runnable.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def job_config(name: str = "test", mechanisms: int = 1, **extra: Any) -> JobConfigBase:

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -21,7 +20,7 @@ from sdbridge.discovery.exec import ExecDiscoverer, ExecSDConfig, parse_exec_out
 from sdbridge.errors import DiscoveryError, InvalidTargetError
 from sdbridge.job import Job
 
-from .fakes import RecordingOutput, until
+from .fakes import RecordingOutput, running, until
 
 GOOD = '[{"targets": ["127.0.0.1:9100"], "labels": {"env": "dev"}}]'
 
@@ -92,17 +91,6 @@ class ExecHarness:
 
     def pids(self) -> list[int]:
         return [int(p) for p in (self.workdir / "pids").read_text().split()]
-
-
-@contextlib.asynccontextmanager
-async def running(job: Job) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(job.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def gone(pid: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import stat
@@ -11,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from sdbridge.outputs.file import (
 )
 from sdbridge.render import Snapshot, make_entry, sort_entries
 
-from .fakes import until
+from .fakes import running, until
 
 # Prometheus's discovery/file: patFileSDName, matched case-insensitively on the base name.
 FILE_SD_NAME = re.compile(r"^[^*]*(\*[^/]*)?\.(json|yml|yaml)$", re.IGNORECASE)
@@ -39,17 +38,6 @@ FILE_SD_NAME = re.compile(r"^[^*]*(\*[^/]*)?\.(json|yml|yaml)$", re.IGNORECASE)
 def snapshot(*addresses: str, **labels: str) -> Snapshot:
     entries = [make_entry({"__address__": a, **labels}) for a in addresses]
     return Snapshot.build("j", sort_entries(entries))
-
-
-@contextlib.asynccontextmanager
-async def running(output: FileOutput) -> AsyncIterator[None]:
-    task = asyncio.create_task(output.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,10 +14,9 @@ from prometheus_client import REGISTRY
 import sdbridge.guard
 from sdbridge.config import GuardConfig
 from sdbridge.guard import Guard, removed_targets
-from sdbridge.job import Job
 from sdbridge.render import Snapshot, make_entry, sort_entries
 
-from .fakes import group, make_job, until
+from .fakes import group, make_job, running, until
 
 
 def snap(*addresses: str, job: str = "g", **labels: str) -> Snapshot:
@@ -33,17 +30,6 @@ def hosts(n: int, start: int = 1) -> list[str]:
 
 def metric(name: str, job: str) -> float | None:
     return REGISTRY.get_sample_value(name, {"job": job})
-
-
-@contextlib.asynccontextmanager
-async def running(job: Job) -> AsyncIterator[None]:
-    task = asyncio.create_task(job.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # --- the decision on its own -----------------------------------------------------------

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -19,18 +17,7 @@ from sdbridge.discovery.base import Send
 from sdbridge.job import Job
 from sdbridge.model import TargetGroup
 
-from .fakes import DiffingFake, FakeDiscoverer, group, job_config, make_job, until
-
-
-@contextlib.asynccontextmanager
-async def running(job: Job) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(job.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+from .fakes import DiffingFake, FakeDiscoverer, group, job_config, make_job, running, until
 
 
 def published(job: Job) -> list[dict[str, Any]]:

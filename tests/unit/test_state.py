@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -30,7 +29,7 @@ from sdbridge.state import (
     state_path,
 )
 
-from .fakes import FakeDiscoverer, group, job_config, until
+from .fakes import FakeDiscoverer, group, job_config, running, until
 
 
 def snap(job: str, n: int, **labels: str) -> Snapshot:
@@ -43,17 +42,6 @@ def snap(job: str, n: int, **labels: str) -> Snapshot:
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@contextlib.asynccontextmanager
-async def running(job: Job) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(job.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # --- format ------------------------------------------------------------------------------
