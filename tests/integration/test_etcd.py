@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from prometheus_client import REGISTRY
 from sdbridge.config import parse_config
 from sdbridge.discovery.etcd import EtcdDiscoverer
 from sdbridge.job import Job
-from sdbridge.render import Snapshot
 from tests.servers.common import free_port
 from tests.servers.etcd import (
     EtcdServer,
@@ -37,32 +35,9 @@ from tests.servers.etcd import (
     kratos_instance,
     naming_endpoint,
 )
+from tests.unit.fakes import RecordingOutput, until
 
 pytestmark = pytest.mark.etcd
-
-
-class RecordingOutput:
-    """An output that keeps every snapshot the job publishes."""
-
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.snapshots: list[Snapshot] = []
-
-    def publish(self, snapshot: Snapshot) -> None:
-        self.snapshots.append(snapshot)
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-
-async def until(condition: Callable[[], bool], *, what: str = "") -> None:
-    """Wait until ``condition()`` is true; fail after 30 seconds."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after 30s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 Targets = dict[str, dict[str, str]]  # address → labels
@@ -98,7 +73,7 @@ class RunningJob:
 
     async def wait(self, condition: Callable[[Targets], bool], what: str) -> Targets:
         """Wait until the file's targets satisfy ``condition``; return them."""
-        await until(lambda: condition(self.targets()), what=what)
+        await until(lambda: condition(self.targets()), within=30, what=what)
         return self.targets()
 
     async def wait_addresses(self, *addresses: str) -> Targets:
@@ -426,13 +401,17 @@ async def test_etcd_restart_loses_no_target(
     async with running_job(tmp_path, server, prefix=prefix, layout="kratos") as job:
         await job.wait_addresses("127.0.0.1:8000", "127.0.0.2:8000", "127.0.0.3:8000")
         server.stop()
-        await until(lambda: job.discoverer.context.status.failures > 0, what="stream broken")
+        await until(
+            lambda: job.discoverer.context.status.failures > 0, within=30, what="stream broken"
+        )
         server.start()
         server.put(*kratos_instance("api", "i4", ["http://127.0.0.4:8000"]))
         await job.wait_addresses(
             "127.0.0.1:8000", "127.0.0.2:8000", "127.0.0.3:8000", "127.0.0.4:8000"
         )
-        await until(lambda: job.discoverer.context.status.failing_since is None, what="recovered")
+        await until(
+            lambda: job.discoverer.context.status.failing_since is None, within=30, what="recovered"
+        )
         published = job.published()
         assert all(len(addresses) >= 3 for addresses in published), published
         # The resync after the restart sent only the change: one publish per state.
@@ -462,7 +441,9 @@ async def test_progress_notifications_move_the_revision(
         # Writes elsewhere move etcd's revision; no event reaches this watch, but the
         # server's progress notifications (every second in tests) carry the new revision.
         revision = etcd.put(f"/{unique()}/elsewhere", "x")
-        await until(lambda: job.discoverer.revision >= revision, what="revision progress")
+        await until(
+            lambda: job.discoverer.revision >= revision, within=30, what="revision progress"
+        )
 
 
 async def test_authentication(tmp_path: Path, etcd_private: EtcdServer) -> None:  # noqa: F811
@@ -484,7 +465,7 @@ async def test_authentication(tmp_path: Path, etcd_private: EtcdServer) -> None:
         password="wrong",
     ) as job:
         status = job.discoverer.context.status
-        await until(lambda: status.failures > 0, what="authentication failure")
+        await until(lambda: status.failures > 0, within=30, what="authentication failure")
         assert "authentication failed" in (status.last_error or "")
         assert not job.recording.snapshots
 
@@ -511,13 +492,13 @@ async def test_tls(tmp_path: Path, etcd_tls: EtcdServer) -> None:  # noqa: F811
         tmp_path / "misnamed", server, prefix="api.rpc/", layout="go-zero", tls_config=tls
     ) as job:
         status = job.discoverer.context.status
-        await until(lambda: status.failures > 0, what="TLS name mismatch")
+        await until(lambda: status.failures > 0, within=30, what="TLS name mismatch")
         assert "etcd.example" in (status.last_error or "")
     async with running_job(
         tmp_path / "untrusted", server, prefix="api.rpc/", layout="go-zero"
     ) as job:
         status = job.discoverer.context.status
-        await until(lambda: status.failures > 0, what="TLS verification failure")
+        await until(lambda: status.failures > 0, within=30, what="TLS verification failure")
         assert "CERTIFICATE_VERIFY_FAILED" in (status.last_error or "")
 
 
@@ -588,7 +569,9 @@ async def test_a_bad_write_is_reported_once_not_on_every_poll(
     ) as job:
         await job.wait_addresses("127.0.0.1:8001")
         status = job.discoverer.context.status
-        await until(lambda: status.refreshes >= 3, what="three polls")
+        await until(lambda: status.refreshes >= 3, within=30, what="three polls")
         assert invalid_count() - before == 1
         etcd.put(prefix + "svc/2", "still-not-an-address")  # a new bad write: reported
-        await until(lambda: invalid_count() - before == 2, what="the new bad write counted")
+        await until(
+            lambda: invalid_count() - before == 2, within=30, what="the new bad write counted"
+        )

@@ -26,11 +26,11 @@ from sdbridge.config import parse_config
 from sdbridge.discovery.zookeeper import ZookeeperDiscoverer
 from sdbridge.errors import ConfigError
 from sdbridge.job import Job
-from sdbridge.render import Snapshot
 from tests.servers import zookeeper as zookeeper_servers
 from tests.servers.common import free_port
 from tests.servers.tls import self_signed
 from tests.servers.zookeeper import ZooKeeperServer, four_letter_word
+from tests.unit.fakes import RecordingOutput
 
 pytestmark = pytest.mark.zookeeper
 
@@ -155,19 +155,8 @@ def serverset_member(
 # --- harness ----------------------------------------------------------------------------
 
 
-class Recorder:
+class Recorder(RecordingOutput):
     """An output that keeps every snapshot the job publishes."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.snapshots: list[Snapshot] = []
-
-    def publish(self, snapshot: Snapshot) -> None:
-        self.snapshots.append(snapshot)
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
 
     def target_counts(self) -> list[int]:
         return [s.target_count for s in self.snapshots]
