@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from .discovery import Mechanism, mechanisms
+from .discovery import mechanisms
 from .discovery.base import MechanismConfig, resolve_path
 from .durations import Duration
 from .errors import ConfigError
@@ -308,8 +308,3 @@ def load_config(path: Path) -> ConfigBase:
     except RecursionError:  # PyYAML recurses per nesting level
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     return parse_config(data, origin=str(path), base_dir=path.parent.absolute())
-
-
-def mechanism_for(name: str) -> Mechanism:
-    """The registered mechanism called ``name``."""
-    return mechanisms()[name]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -299,11 +299,3 @@ class RefreshDiscoverer(BaseDiscoverer[RC]):
 
     async def _sleep(self, delay: float) -> None:
         await wait_event(self._wakeup, delay)
-
-
-def run_for(discoverer: Any) -> Callable[[Send], Awaitable[None]]:
-    """The bound ``run`` of a discoverer, checked to exist (plugins are untrusted)."""
-    run = getattr(discoverer, "run", None)
-    if not callable(run):
-        raise TypeError(f"{type(discoverer).__name__} has no run(send) method")
-    return run  # type: ignore[no-any-return]
