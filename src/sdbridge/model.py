@@ -48,6 +48,11 @@ def join_list(values: Iterable[str], separator: str = ",") -> str:
     return separator + separator.join(values) + separator
 
 
+def join_host_port(host: str, port: int | str) -> str:
+    """``host:port``, with an IPv6 host in brackets (Go's ``net.JoinHostPort``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def is_valid_address(address: str) -> bool:
     """Return whether ``address`` is a ``host:port`` with a port in 1..65535."""
     match = _ADDRESS_RE.fullmatch(address)

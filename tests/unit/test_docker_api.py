@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sdbridge.config import parse_config
-from sdbridge.discovery._dockerapi import _relevant, encode_filters, join_host_port, network_labels
+from sdbridge.discovery._dockerapi import _relevant, encode_filters, network_labels
 from sdbridge.discovery.dockerswarm import _moving
 from sdbridge.errors import ConfigError
+from sdbridge.model import join_host_port
 
 
 def _job(key: str, entry: dict[str, object]) -> dict[str, object]:

@@ -16,12 +16,12 @@ from sdbridge.discovery.zookeeper import (
     ZookeeperSDConfig,
     _client_options,
     java_url_decode,
-    join_host_port,
     parse_curator_instance,
     parse_dubbo_provider,
     parse_serverset_member,
 )
 from sdbridge.errors import InvalidTargetError
+from sdbridge.model import join_host_port
 
 
 def java_url_encode(text: str) -> str:

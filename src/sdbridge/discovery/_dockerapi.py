@@ -379,11 +379,6 @@ def prefixed_labels(labels: Any, prefix: str) -> dict[str, str]:
     return {prefix + sanitize_label_name(str(k)): str(v) for k, v in labels.items()}
 
 
-def join_host_port(host: str, port: int) -> str:
-    """``host:port``, bracketing an IPv6 host (Go's net.JoinHostPort)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def network_labels(networks: list[Any], prefix: str) -> dict[str, dict[str, str]]:
     """Labels of every network by ID (Prometheus's moby/network.go getNetworksLabels)."""
     labels: dict[str, dict[str, str]] = {}

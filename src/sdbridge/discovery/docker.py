@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address
+from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, join_host_port
 from . import register
 from ._dockerapi import (
     EngineClient,
@@ -34,7 +34,6 @@ from ._dockerapi import (
     EngineWatcher,
     dig,
     int_field,
-    join_host_port,
     network_labels,
     prefixed_labels,
 )

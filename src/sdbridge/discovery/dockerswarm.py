@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..errors import BackendError
-from ..model import ADDRESS_LABEL, LabelSet, TargetGroup
+from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, join_host_port
 from . import register
 from ._dockerapi import (
     EngineClient,
@@ -43,7 +43,6 @@ from ._dockerapi import (
     EngineWatcher,
     dig,
     int_field,
-    join_host_port,
     network_labels,
     prefixed_labels,
 )

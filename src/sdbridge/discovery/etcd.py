@@ -62,6 +62,7 @@ from ..model import (
     TargetGroup,
     is_valid_address,
     is_valid_label_name,
+    join_host_port,
     sanitize_label_name,
 )
 from . import register
@@ -402,7 +403,7 @@ def parse_coredns(key: str, value: bytes, path: str) -> list[LabelSet]:
     port = data.get("port")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
         raise InvalidTargetError(f"field 'port' must be 1..65535, got {port!r}")
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = join_host_port(host, port)
     labels = {
         ADDRESS_LABEL: _address(address, "host and port"),
         SERVICE_LABEL: coredns_domain(key, path),
@@ -432,7 +433,7 @@ def parse_json(value: bytes, fields: JSONFields) -> list[LabelSet]:
                 raise InvalidTargetError(f"no field {path!r}")
         if not isinstance(host, str) or not isinstance(port, int | str):
             raise InvalidTargetError(f"host {host!r} and port {port!r} do not make an address")
-        address = _address(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "address")
+        address = _address(join_host_port(host, port), "address")
     labels = {ADDRESS_LABEL: address}
     for name, path in sorted(fields.labels.items()):
         found = get_field(data, parse_field_path(path))

@@ -77,6 +77,7 @@ from ..model import (
     LabelSet,
     TargetGroup,
     is_valid_address,
+    join_host_port,
     sanitize_label_name,
 )
 from . import register
@@ -235,11 +236,6 @@ def _parent(path: str) -> str:
 
 
 # --- layouts -----------------------------------------------------------------------------
-
-
-def join_host_port(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 host in brackets (Go's ``net.JoinHostPort``)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _scalar(value: object) -> str | None:
