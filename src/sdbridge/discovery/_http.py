@@ -30,7 +30,8 @@ def read_secret(path: Path, what: str) -> str:
         raise BackendError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
-def _resolve_files(model: _Model, names: tuple[str, ...], base_dir: Path) -> _Model:
+def resolve_files(model: _Model, names: tuple[str, ...], base_dir: Path) -> _Model:
+    """A copy of ``model`` whose file fields ``names`` are resolved against ``base_dir``."""
     update = {
         name: resolve_path(path, base_dir)
         for name in names
@@ -56,7 +57,7 @@ class TLSConfig(MechanismConfig):
 
     def resolve_paths(self, base_dir: Path) -> Self:
         """Resolve the certificate files against the config file's directory."""
-        return _resolve_files(self, ("ca_file", "cert_file", "key_file"), base_dir)
+        return resolve_files(self, ("ca_file", "cert_file", "key_file"), base_dir)
 
     def ssl_context(self) -> ssl.SSLContext:
         """An SSL context for these settings; raises OSError/SSLError for bad files."""
@@ -86,7 +87,7 @@ class BasicAuth(MechanismConfig):
 
     def resolve_paths(self, base_dir: Path) -> Self:
         """Resolve password_file against the config file's directory."""
-        return _resolve_files(self, ("password_file",), base_dir)
+        return resolve_files(self, ("password_file",), base_dir)
 
     def header(self) -> str:
         """The ``Authorization`` header value; reads password_file on every call."""
@@ -114,7 +115,7 @@ class Authorization(MechanismConfig):
 
     def resolve_paths(self, base_dir: Path) -> Self:
         """Resolve credentials_file against the config file's directory."""
-        return _resolve_files(self, ("credentials_file",), base_dir)
+        return resolve_files(self, ("credentials_file",), base_dir)
 
     def header(self) -> str:
         """The ``Authorization`` header value; reads credentials_file on every call."""

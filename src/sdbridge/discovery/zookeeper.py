@@ -68,7 +68,7 @@ from kazoo.protocol.serialization import (
     write_string,
 )
 from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ..durations import Duration
 from ..errors import BackendError, InvalidTargetError, SdbridgeError
@@ -81,15 +81,16 @@ from ..model import (
     sanitize_label_name,
 )
 from . import register
+from ._http import resolve_files
 from .base import (
     Backoff,
     BaseDiscoverer,
     DiscoveryContext,
     GroupDiff,
+    MechanismConfig,
     RefreshConfig,
     RefreshDiscoverer,
     Send,
-    resolve_path,
 )
 
 # --- labels ------------------------------------------------------------------------------
@@ -140,11 +141,7 @@ KAZOO_LOG.setLevel(logging.ERROR)
 # --- configuration -----------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ZookeeperTLSConfig(_Strict):
+class ZookeeperTLSConfig(MechanismConfig):
     """TLS to the ZooKeeper servers (their ``secureClientPort``)."""
 
     ca_file: Path | None = Field(None, description="CA bundle that signs the servers")
@@ -159,8 +156,12 @@ class ZookeeperTLSConfig(_Strict):
             raise ValueError("cert_file and key_file go together")
         return self
 
+    def resolve_paths(self, base_dir: Path) -> Self:
+        """Resolve the certificate files against the config file's directory."""
+        return resolve_files(self, ("ca_file", "cert_file", "key_file"), base_dir)
 
-class ZookeeperDigestAuth(_Strict):
+
+class ZookeeperDigestAuth(MechanismConfig):
     """ZooKeeper ``digest`` authentication, for znodes whose ACLs need it."""
 
     username: str = Field(min_length=1)
@@ -212,15 +213,9 @@ class ZookeeperSDConfig(RefreshConfig):
 
     def resolve_paths(self, base_dir: Path) -> Self:
         """Resolve the TLS files against the config file's directory."""
-        tls = self.tls_config
-        if tls is None:
+        if self.tls_config is None:
             return self
-        update = {
-            name: resolve_path(getattr(tls, name), base_dir)
-            for name in ("ca_file", "cert_file", "key_file")
-            if getattr(tls, name) is not None
-        }
-        return self.model_copy(update={"tls_config": tls.model_copy(update=update)})
+        return self.model_copy(update={"tls_config": self.tls_config.resolve_paths(base_dir)})
 
 
 def _is_under(path: str, base: str) -> bool:
