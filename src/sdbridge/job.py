@@ -27,7 +27,7 @@ from .model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, is_va
 from .outputs import Output, SnapshotWriter
 from .outputs.file import FileOutput
 from .relabel import Rule, compile_rules, process
-from .render import Entry, Snapshot, entry_address, gc_paused, make_entry, sort_entries
+from .render import Entry, Snapshot, entry_address, finish_sort, gc_paused, make_entry
 from .state import StateOutput
 
 log = logging.getLogger("sdbridge.job")
@@ -438,7 +438,7 @@ def _paused(work: Callable[[], T]) -> T:
 def _build(job: str, entries: list[Entry], groups: int) -> tuple[list[Entry], Snapshot]:
     """Sort ``entries`` in place (kept for the next build) and render the snapshot."""
     entries.sort(key=entry_address)
-    return entries, Snapshot.build(job, sort_entries(entries), groups=groups)
+    return entries, Snapshot.build(job, finish_sort(entries), groups=groups)
 
 
 def _relabel_problem(labels: LabelSet) -> str | None:

@@ -133,7 +133,14 @@ def sort_entries(entries: Iterable[Entry]) -> list[Entry]:
     # Sorting by the address string alone uses CPython's fast string comparison; comparing
     # (address, JSON) tuples took ~2.5x as long for 100,000 shuffled entries. Only runs of
     # equal addresses (rare) need their labels compared.
-    ordered = sorted(entries, key=entry_address)
+    return finish_sort(sorted(entries, key=entry_address))
+
+
+def finish_sort(ordered: list[Entry]) -> list[Entry]:
+    """Entries sorted by address only → by ``key``, without exact duplicates.
+
+    Returns ``ordered`` itself when every address is distinct (the common case).
+    """
     addresses = [e.key[0] for e in ordered]
     if len(set(addresses)) == len(addresses):
         return ordered
