@@ -3,7 +3,8 @@
 Every target becomes its own group carrying its merged labels, because file_sd and
 http_sd carry labels only at group level. Entries are sorted by ``__address__``, then
 by their labels (as canonical, key-sorted JSON), keys are sorted, and empty label
-values (the same as absent, to Prometheus) are dropped, so equal target sets always render to equal bytes.
+values (the same as absent, to Prometheus) are dropped, so equal target sets always
+render to equal bytes.
 Each entry is serialized once, when its group arrives; a publish only sorts and joins.
 """
 
