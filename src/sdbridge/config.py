@@ -117,7 +117,7 @@ class JobConfigBase(StrictModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not JOB_NAME_RE.match(value):
+        if not JOB_NAME_RE.fullmatch(value):  # fullmatch: "$" would accept "web\n"
             raise ValueError(f"job name {value!r} must match {JOB_NAME_RE.pattern}")
         return value
 

@@ -199,6 +199,7 @@ def test_two_jobs_writing_the_same_file(tmp_path: Path) -> None:
     [
         ("{name: a}", "jobs[0]", "job 'a' has no mechanism; add one of: "),
         ("{name: 'a b', " + EXEC + "}", "jobs[0].name", "job name 'a b' must match"),
+        ('{name: "a\\n", ' + EXEC + "}", "jobs[0].name", "job name 'a\\n' must match"),
         ("{" + EXEC + "}", "jobs[0].name", "Field required"),
         (
             "{name: a, exec_sd_configs: [{}]}",

@@ -240,13 +240,13 @@ def test_ttls(ttl: object, seconds: float) -> None:
     assert check_ttl(ttl, default=30, minimum=1, maximum=86400) == seconds
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "-a", "a/b", "a b", "x" * 129, "é"])
+@pytest.mark.parametrize("name", ["", ".", "..", "-a", "a/b", "a b", "x" * 129, "é", "web\n"])
 def test_invalid_service_names(name: str) -> None:
     with pytest.raises(RegistrationError):
         check_service(name)
 
 
-@pytest.mark.parametrize("name", ["", "..", "a/b", "x" * 201])
+@pytest.mark.parametrize("name", ["", "..", "a/b", "x" * 201, "a1\n"])
 def test_invalid_instance_ids(name: str) -> None:
     with pytest.raises(RegistrationError):
         check_instance(name)

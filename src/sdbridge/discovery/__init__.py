@@ -59,7 +59,7 @@ def register(name: str, config: type[MechanismConfig]) -> Callable[[type[D]], ty
 
     The class is constructed as ``cls(config, context)``.
     """
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValueError(f"mechanism name {name!r} must match {_NAME_RE.pattern}")
 
     def decorate(cls: type[D]) -> type[D]:

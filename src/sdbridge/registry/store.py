@@ -139,7 +139,7 @@ class Instance:
 
 def check_service(service: str) -> str:
     """Return ``service`` or raise RegistrationError."""
-    if not SERVICE_RE.match(service):
+    if not SERVICE_RE.fullmatch(service):  # fullmatch: "$" would accept "web\n"
         raise RegistrationError(
             f"invalid service name {service!r}: use 1-128 of [A-Za-z0-9_.-], "
             "starting with a letter or digit",
@@ -150,7 +150,7 @@ def check_service(service: str) -> str:
 
 def check_instance(instance: str) -> str:
     """Return ``instance`` or raise RegistrationError."""
-    if not INSTANCE_RE.match(instance):
+    if not INSTANCE_RE.fullmatch(instance):
         raise RegistrationError(
             f"invalid instance id {instance!r}: use 1-200 of [A-Za-z0-9_.:@[]-], "
             "starting with a letter, digit or [",

@@ -255,7 +255,7 @@ def make_handler(
 
     async def answer(request: web.Request) -> web.Response:
         name = request.match_info.get("job", "")
-        if len(name) > MAX_JOB_NAME or not JOB_NAME_RE.match(name):
+        if len(name) > MAX_JOB_NAME or not JOB_NAME_RE.fullmatch(name):
             return _plain(404, "no such job", "")
         exists, snapshot = get_snapshot(name)
         if not exists:
