@@ -40,16 +40,15 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     return value
 
 
-def job_state(job: Job) -> str:
-    """One word for the job: syncing, failing, holding, stale or ok."""
-    status = job.status()
+def job_state(status: dict[str, Any]) -> str:
+    """One word for a job, from its ``status()``: syncing, failing, holding, stale or ok."""
     if any(m["last_error"] for m in status["mechanisms"]):
         return "failing"
-    if job.snapshot is None:
+    if status["stale"] is None:  # no snapshot yet
         return "syncing"
     if status.get("guard", {}).get("holding"):
         return "holding"
-    if job.snapshot.stale:
+    if status["stale"]:
         return "stale"
     return "ok"
 
@@ -76,7 +75,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         m["config"] = mask_secrets(m["config"])
     return {
         **status,
-        "state": job_state(job),
+        "state": job_state(status),
         "errors": job_errors(status),
         "last_sync": last_sync,
         "http_sd_path": f"/sd/{job.name}",
