@@ -21,11 +21,9 @@ from .job import Job
 from .logfmt import setup_logging
 from .registry import api as registry_api
 from .registry import client as registry_client
-from .web.server import start_server
+from .web.server import DEFAULT_LISTEN_ADDRESS, start_server
 
 log = logging.getLogger("sdbridge")
-
-DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9099"
 
 
 def _log_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -99,14 +97,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     registry_client.add_parser(commands, [common])
     return parser
-
-
-def parse_listen_address(address: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[::1]:9099`` for IPv6)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--web.listen-address {address!r} must be host:port")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
