@@ -277,8 +277,8 @@ async def put_instance(request: web.Request) -> web.Response:
     return _json(registered.to_json(), 201 if created else 200)
 
 
-async def heartbeat(request: web.Request) -> web.Response:
-    """Renew an instance's ttl; 404 when it is not registered (any more)."""
+def _write_target(request: web.Request) -> tuple[RegistryAPI, str, str] | web.Response:
+    """The API and the ``(service, instance)`` a write names, or the refusal to send."""
     api = request.app[API_KEY]
     refused = api.check_write(request)
     if refused is not None:
@@ -287,6 +287,15 @@ async def heartbeat(request: web.Request) -> web.Response:
         service, instance = _path_key(request)
     except RegistrationError as exc:
         return _bad(exc)
+    return api, service, instance
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    """Renew an instance's ttl; 404 when it is not registered (any more)."""
+    target = _write_target(request)
+    if isinstance(target, web.Response):
+        return target
+    api, service, instance = target
     try:
         renewed = await (await api.store()).heartbeat(service, instance)
     except SdbridgeError as exc:
@@ -300,14 +309,10 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 async def delete_instance(request: web.Request) -> web.Response:
     """Deregister an instance; 404 when it is not registered."""
-    api = request.app[API_KEY]
-    refused = api.check_write(request)
-    if refused is not None:
-        return refused
-    try:
-        service, instance = _path_key(request)
-    except RegistrationError as exc:
-        return _bad(exc)
+    target = _write_target(request)
+    if isinstance(target, web.Response):
+        return target
+    api, service, instance = target
     try:
         deleted = await (await api.store()).delete(service, instance)
     except SdbridgeError as exc:
