@@ -12,7 +12,6 @@ from sdbridge.config import parse_config
 from sdbridge.discovery._dockerapi import _relevant, encode_filters, network_labels
 from sdbridge.discovery.dockerswarm import _moving
 from sdbridge.errors import ConfigError
-from sdbridge.model import join_host_port
 
 
 def _job(key: str, entry: dict[str, object]) -> dict[str, object]:
@@ -97,11 +96,6 @@ def test_filter_encoding_round_trips(filters: dict[str, list[str]]) -> None:
         name: set(values) for name, values in filters.items()
     }
     assert all(all(v is True for v in values.values()) for values in decoded.values())
-
-
-def test_join_host_port_brackets_ipv6() -> None:
-    assert join_host_port("10.0.0.1", 80) == "10.0.0.1:80"
-    assert join_host_port("fd00::1", 9100) == "[fd00::1]:9100"
 
 
 def test_network_labels_are_sanitized_and_spell_booleans_like_go() -> None:

@@ -13,6 +13,7 @@ from sdbridge.model import (
     TargetGroup,
     is_valid_address,
     is_valid_label_name,
+    join_host_port,
     join_list,
     parse_file_sd,
     sanitize_label_name,
@@ -83,6 +84,13 @@ def test_join_list() -> None:
 )
 def test_addresses(address: str, valid: bool) -> None:
     assert is_valid_address(address) is valid
+
+
+def test_join_host_port_brackets_ipv6() -> None:
+    assert join_host_port("10.0.0.1", 80) == "10.0.0.1:80"
+    assert join_host_port("fd00::1", 9100) == "[fd00::1]:9100"
+    assert join_host_port("fe80::1", 2) == "[fe80::1]:2"
+    assert join_host_port("example.org", "8080") == "example.org:8080"
 
 
 def test_group_validates_and_freezes_targets() -> None:

@@ -21,7 +21,6 @@ from sdbridge.discovery.zookeeper import (
     parse_serverset_member,
 )
 from sdbridge.errors import InvalidTargetError
-from sdbridge.model import join_host_port
 
 
 def java_url_encode(text: str) -> str:
@@ -232,11 +231,6 @@ def test_dubbo_parameters_round_trip(params: dict[str, str]) -> None:
     labels = parse_dubbo_provider(java_url_encode(f"dubbo://127.0.0.1:1/a.B?{query}"), "/p")
     for key, value in params.items():
         assert labels[f"__meta_zookeeper_dubbo_param_{key}"] == value
-
-
-def test_join_host_port() -> None:
-    assert join_host_port("10.0.0.1", 1) == "10.0.0.1:1"
-    assert join_host_port("fe80::1", 2) == "[fe80::1]:2"
 
 
 # --- config ------------------------------------------------------------------------------
