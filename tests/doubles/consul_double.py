@@ -44,10 +44,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 _MAX_WAIT = 600.0
 _DEFAULT_WAIT = 300.0
+_MAX_BODIES = 20_000  # serialized answers kept (one per path and query)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -277,7 +279,15 @@ class ConsulDouble:
         self.blocking_requests: Counter[str] = Counter()
         self.waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed: asyncio.Event | None = None
+        # Blocking queries waiting, by what they watch ("services", "nodes", "checks" or
+        # "service:<name>"): a write wakes only those whose index it moved, as Consul's
+        # memdb watch sets do, not every long-poll.
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._moved: set[str] = set()  # keys moved since the last wake (under the lock)
+        # Answers serialized once per state and reused by every client that asks the same
+        # query at the same indexes: (path, query) -> (dependency indexes, body, index).
+        self._bodies: dict[tuple[str, str], tuple[tuple[int, ...], bytes, int]] = {}
+        self._epoch = 0  # bumped when indexes are rewound: no cached body survives it
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
@@ -314,7 +324,6 @@ class ConsulDouble:
     async def start_async(self) -> None:
         """Start serving in the running event loop."""
         self._loop = asyncio.get_running_loop()
-        self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -336,7 +345,7 @@ class ConsulDouble:
         """Stop serving; wakes every blocking query first."""
         if self._stopped is not None:
             self._stopped.set()
-        self._notify()
+        self._notify(everything=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -438,19 +447,26 @@ class ConsulDouble:
         self._index += 1
         for table in tables:
             self._table_index[table] = self._index
+            self._moved.add(table)
         for name in services:
             self._service_index[name] = self._index
+            self._moved.add("service:" + name)
         return self._index
 
-    def _notify(self) -> None:
+    def _notify(self, *, everything: bool = False) -> None:
+        """Wake the blocking queries whose index moved (``everything``: all of them)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
 
         def wake() -> None:
-            if self._changed is not None:
-                self._changed.set()
-                self._changed = asyncio.Event()
+            with self._lock:
+                moved, self._moved = self._moved, set()
+                keys = list(self._waiters) if everything else moved
+                woken = [f for key in keys for f in self._waiters.get(key, ())]
+            for waiter in woken:
+                if not waiter.done():
+                    waiter.set_result(None)
 
         try:
             running = asyncio.get_running_loop()
@@ -696,7 +712,9 @@ class ConsulDouble:
             for row in [*self._nodes.values(), *self._services.values(), *self._checks.values()]:
                 row["ModifyIndex"] = min(row["ModifyIndex"], to)
                 row["CreateIndex"] = min(row["CreateIndex"], to)
-        self._notify()
+            self._epoch += 1
+            self._bodies.clear()
+        self._notify(everything=True)
         return to
 
     # --- faults ------------------------------------------------------------------------
@@ -787,9 +805,11 @@ class ConsulDouble:
             return web.Response(status=403, text="Permission denied")
         return web.Response(status=403, text="ACL not found")
 
-    async def _blocking(self, request: web.Request, current: Callable[[], int]) -> int | None:
+    async def _blocking(
+        self, request: web.Request, current: Callable[[], int], keys: Callable[[], list[str]]
+    ) -> int | None:
         """Wait as Consul's blockingQuery does; return the index to answer with, or None
-        after writing a 400."""
+        after writing a 400. ``keys`` names what the query watches (see ``_waiters``)."""
         raw_index = request.query.get("index")
         if raw_index is None:
             return current()
@@ -806,17 +826,33 @@ class ConsulDouble:
         deadline = time.monotonic() + wait
         with self._lock:
             self.waiting += 1
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                changed = self._changed
                 index = current()
                 if index > min_index or min_index == 0:
                     return index
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or changed is None or self._stopped_set():
+                if remaining <= 0 or self._stopped_set():
                     return index
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), remaining)
+                # A future and a timer, not wait_for: no task per waiter per wake.
+                waiter: asyncio.Future[None] = loop.create_future()
+                watched = keys()
+                with self._lock:
+                    for key in watched:
+                        self._waiters.setdefault(key, set()).add(waiter)
+                timer = loop.call_later(remaining, _release, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    with self._lock:
+                        for key in watched:
+                            waiters = self._waiters.get(key)
+                            if waiters is not None:
+                                waiters.discard(waiter)
+                                if not waiters:
+                                    del self._waiters[key]
                 if self._rewound(min_index):
                     return current()  # a restore wakes every query, with the lower index
         finally:
@@ -830,9 +866,32 @@ class ConsulDouble:
         with self._lock:
             return self._index < min_index
 
-    def _answer(self, data: Any, index: int) -> web.Response:
+    def _answer(
+        self,
+        request: web.Request,
+        depends: tuple[int, ...],
+        index: int,
+        build: Callable[[], Any],
+    ) -> web.Response:
+        """Answer with ``build()`` serialized, or the same bytes serialized earlier for the
+        same path and query at the same ``depends`` indexes (call with the lock held). A
+        thousand long-polls running out together thus cost a thousand writes, not a
+        thousand encodings of an unchanged catalog."""
+        query = "&".join(
+            f"{k}={v}" for k, v in sorted(request.query.items()) if k not in ("index", "wait")
+        )
+        key = (request.path, query)
+        depends = (self._epoch, *depends)
+        cached = self._bodies.get(key)
+        if cached is not None and cached[0] == depends:
+            body, index = cached[1], cached[2]
+        else:
+            body = orjson.dumps(build())
+            if len(self._bodies) >= _MAX_BODIES:
+                self._bodies.clear()
+            self._bodies[key] = (depends, body, index)
         return web.Response(
-            body=json.dumps(data).encode(),
+            body=body,
             content_type="application/json",
             headers={
                 "X-Consul-Index": str(index),
@@ -876,63 +935,72 @@ class ConsulDouble:
         return not namespace or service.get("Namespace", "default") == namespace
 
     async def _catalog_services(self, request: web.Request) -> web.Response:
-        index = await self._blocking(request, lambda: self._table_index["services"])
+        index = await self._blocking(
+            request, lambda: self._table_index["services"], lambda: ["services"]
+        )
         if index is None:
             return web.Response(status=400, text="Invalid wait time or index")
+        filtered = bool(request.query.get("filter"))
         bexpr = self._filter(request)
         if isinstance(bexpr, web.Response):
             return bexpr
         node_ok = self._node_meta_filter(request)
-        result: dict[str, set[str]] = {}
-        with self._lock:
+
+        def build() -> dict[str, list[str]]:
+            result: dict[str, set[str]] = {}
             for (node_name, _), svc in self._services.items():
                 node = self._nodes[node_name]
                 if not node_ok(node) or not self._namespace_ok(request, svc):
                     continue
                 # The catalog API filters over ServiceNode fields.
-                flat = {
-                    "Node": node["Node"],
-                    "Address": node["Address"],
-                    "Datacenter": node["Datacenter"],
-                    "TaggedAddresses": node["TaggedAddresses"],
-                    "NodeMeta": node["Meta"],
-                    "ServiceID": svc["ID"],
-                    "ServiceName": svc["Service"],
-                    "ServiceTags": svc["Tags"],
-                    "ServiceAddress": svc["Address"],
-                    "ServiceMeta": svc["Meta"],
-                    "ServicePort": svc["Port"],
-                }
-                if not bexpr(flat):
+                if filtered and not bexpr(_service_node(node, svc)):
                     continue
                 result.setdefault(svc["Service"], set()).update(svc["Tags"])
-            body = {name: sorted(tags) for name, tags in sorted(result.items())}
-        return self._answer(body, index)
+            return {name: sorted(tags) for name, tags in sorted(result.items())}
+
+        with self._lock:
+            tables = self._table_index
+            return self._answer(
+                request, (tables["services"], tables["nodes"]), tables["services"], build
+            )
 
     async def _catalog_nodes(self, request: web.Request) -> web.Response:
-        index = await self._blocking(request, lambda: self._table_index["nodes"])
+        index = await self._blocking(request, lambda: self._table_index["nodes"], lambda: ["nodes"])
         if index is None:
             return web.Response(status=400, text="Invalid wait time or index")
         node_ok = self._node_meta_filter(request)
         with self._lock:
-            body = [dict(n) for _, n in sorted(self._nodes.items()) if node_ok(n)]
-        return self._answer(body, index)
+            nodes = self._table_index["nodes"]
+            return self._answer(
+                request,
+                (nodes,),
+                nodes,
+                lambda: [n for _, n in sorted(self._nodes.items()) if node_ok(n)],
+            )
 
     async def _health_state(self, request: web.Request) -> web.Response:
         state = request.match_info["state"]
         if state not in ("any", "passing", "warning", "critical"):
             return web.Response(status=400, text=f"Invalid check state '{state}'")
-        index = await self._blocking(request, lambda: self._table_index["checks"])
+        index = await self._blocking(
+            request, lambda: self._table_index["checks"], lambda: ["checks"]
+        )
         if index is None:
             return web.Response(status=400, text="Invalid wait time or index")
         node_ok = self._node_meta_filter(request)
-        with self._lock:
-            body = [
-                dict(c)
+
+        def build() -> list[dict[str, Any]]:
+            return [
+                c
                 for key, c in sorted(self._checks.items())
                 if (state == "any" or c["Status"] == state) and node_ok(self._nodes[key[0]])
             ]
-        return self._answer(body, index)
+
+        with self._lock:
+            tables = self._table_index
+            return self._answer(
+                request, (tables["checks"], tables["nodes"]), tables["checks"], build
+            )
 
     async def _health_service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -941,7 +1009,13 @@ class ConsulDouble:
             with self._lock:
                 return self._service_index.get(name, self._table_index["services"])
 
-        index = await self._blocking(request, current)
+        def watched() -> list[str]:
+            # A service never registered answers with the services table's index.
+            with self._lock:
+                known = name in self._service_index
+            return ["service:" + name] if known else ["service:" + name, "services"]
+
+        index = await self._blocking(request, current, watched)
         if index is None:
             return web.Response(status=400, text="Invalid wait time or index")
         bexpr = self._filter(request)
@@ -950,8 +1024,9 @@ class ConsulDouble:
         node_ok = self._node_meta_filter(request)
         tags = request.query.getall("tag", [])
         passing_only = "passing" in request.query
-        body = []
-        with self._lock:
+
+        def build() -> list[dict[str, Any]]:
+            body = []
             by_service, checks_by_node = self._views()
             for node_name, service_id in by_service.get(name, []):
                 svc = self._services[(node_name, service_id)]
@@ -961,16 +1036,20 @@ class ConsulDouble:
                 if not node_ok(node) or not all(t in svc["Tags"] for t in tags):
                     continue
                 checks = [
-                    dict(c)
+                    c
                     for c in checks_by_node.get(node_name, [])
                     if c["ServiceID"] in ("", service_id)
                 ]
                 if passing_only and any(c["Status"] != "passing" for c in checks):
                     continue
-                entry = {"Node": dict(node), "Service": dict(svc), "Checks": checks}
+                entry = {"Node": node, "Service": svc, "Checks": checks}
                 if bexpr(entry):
                     body.append(entry)
-        return self._answer(body, index)
+            return body
+
+        with self._lock:
+            index = self._service_index.get(name, self._table_index["services"])
+            return self._answer(request, (index,), index, build)
 
     # --- control API (when run as a process) ---------------------------------------------
 
@@ -1018,6 +1097,28 @@ def _check_row(
         "Definition": {},
         "CreateIndex": create_index,
         "ModifyIndex": modify_index,
+    }
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _service_node(node: dict[str, Any], svc: dict[str, Any]) -> dict[str, Any]:
+    """The ServiceNode fields that ``/v1/catalog/services``' filter runs over."""
+    return {
+        "Node": node["Node"],
+        "Address": node["Address"],
+        "Datacenter": node["Datacenter"],
+        "TaggedAddresses": node["TaggedAddresses"],
+        "NodeMeta": node["Meta"],
+        "ServiceID": svc["ID"],
+        "ServiceName": svc["Service"],
+        "ServiceTags": svc["Tags"],
+        "ServiceAddress": svc["Address"],
+        "ServiceMeta": svc["Meta"],
+        "ServicePort": svc["Port"],
     }
 
 
