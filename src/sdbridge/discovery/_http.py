@@ -40,13 +40,12 @@ def resolve_files(model: _Model, names: tuple[str, ...], base_dir: Path) -> _Mod
     return model.model_copy(update=update) if update else model
 
 
-class TLSConfig(MechanismConfig):
-    """``tls_config``: how to verify the server and present a client certificate."""
+class TLSFiles(MechanismConfig):
+    """The certificate files of a ``tls_config`` and whether to verify the server."""
 
     ca_file: Path | None = Field(None, description="CA certificate(s) to verify the server")
     cert_file: Path | None = Field(None, description="client certificate (with key_file)")
     key_file: Path | None = Field(None, description="client key (with cert_file)")
-    server_name: str | None = Field(None, description="name to verify the certificate against")
     insecure_skip_verify: bool = Field(False, description="do not verify the certificate")
 
     @model_validator(mode="after")
@@ -58,6 +57,12 @@ class TLSConfig(MechanismConfig):
     def resolve_paths(self, base_dir: Path) -> Self:
         """Resolve the certificate files against the config file's directory."""
         return resolve_files(self, ("ca_file", "cert_file", "key_file"), base_dir)
+
+
+class TLSConfig(TLSFiles):
+    """``tls_config``: how to verify the server and present a client certificate."""
+
+    server_name: str | None = Field(None, description="name to verify the certificate against")
 
     def ssl_context(self) -> ssl.SSLContext:
         """An SSL context for these settings; raises OSError/SSLError for bad files."""

@@ -68,7 +68,7 @@ from kazoo.protocol.serialization import (
     write_string,
 )
 from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 
 from ..durations import Duration
 from ..errors import BackendError, InvalidTargetError, SdbridgeError
@@ -81,7 +81,7 @@ from ..model import (
     sanitize_label_name,
 )
 from . import register
-from ._http import resolve_files
+from ._http import TLSFiles
 from .base import (
     Backoff,
     BaseDiscoverer,
@@ -141,24 +141,10 @@ KAZOO_LOG.setLevel(logging.ERROR)
 # --- configuration -----------------------------------------------------------------------
 
 
-class ZookeeperTLSConfig(MechanismConfig):
+class ZookeeperTLSConfig(TLSFiles):
     """TLS to the ZooKeeper servers (their ``secureClientPort``)."""
 
-    ca_file: Path | None = Field(None, description="CA bundle that signs the servers")
-    cert_file: Path | None = Field(None, description="client certificate, for mutual TLS")
-    key_file: Path | None = Field(None, description="client key, for mutual TLS")
     key_password: SecretStr | None = Field(None, description="password of key_file")
-    insecure_skip_verify: bool = Field(False, description="do not verify the servers")
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
-
-    def resolve_paths(self, base_dir: Path) -> Self:
-        """Resolve the certificate files against the config file's directory."""
-        return resolve_files(self, ("ca_file", "cert_file", "key_file"), base_dir)
 
 
 class ZookeeperDigestAuth(MechanismConfig):
