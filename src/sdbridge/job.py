@@ -115,6 +115,9 @@ class Job:
         # _last_change, so syncs that found nothing new never postpone a pending publish.
         self._wake = asyncio.Event()
         self._last_change = 0.0
+        # The snapshot the guard holds back, with the _last_change it was built at: syncs
+        # that change nothing re-ask the guard about it instead of rebuilding the job.
+        self._held: tuple[float, Snapshot] | None = None
         self._published = asyncio.Event()
         self._snapshot: Snapshot | None = None
         self.last_publish: float | None = None
@@ -356,14 +359,12 @@ class Job:
 
     async def _publish(self) -> None:
         started = time.perf_counter()
-        entries = self._entries_to_build()
-        build = partial(_build, self.name, entries, len(self._groups))
-        self._order_valid = False  # until this build has sorted ``entries``
-        if len(entries) > _RENDER_IN_THREAD_ABOVE:
-            ordered, snapshot = await asyncio.to_thread(_paused, build)
+        built_at = self._last_change  # before the build: a change during it is not in it
+        held, self._held = self._held, None
+        if held is not None and held[0] == built_at:
+            snapshot = held[1]
         else:
-            ordered, snapshot = build()
-        self._order, self._order_valid = ordered, True
+            snapshot = await self._build()
         previous = self._snapshot
         if previous is not None and not previous.stale and previous.body == snapshot.body:
             self.guard.admit(previous, snapshot)  # back to what is published: a hold ends
@@ -371,6 +372,7 @@ class Job:
             return
         if not self.guard.admit(previous, snapshot):
             # Re-evaluate on every later sync, and when hold_for runs out.
+            self._held = (built_at, snapshot)
             self._dirty = True
             wait = self.guard.seconds_until_release()
             if wait is not None:
@@ -379,6 +381,18 @@ class Job:
         self._set_snapshot(snapshot)
         self._published.set()
         self._publish_duration.observe(time.perf_counter() - started)
+
+    async def _build(self) -> Snapshot:
+        """Sort the job's entries (off the loop when many) and render a snapshot."""
+        entries = self._entries_to_build()
+        build = partial(_build, self.name, entries, len(self._groups))
+        self._order_valid = False  # until this build has sorted ``entries``
+        if len(entries) > _RENDER_IN_THREAD_ABOVE:
+            ordered, snapshot = await asyncio.to_thread(_paused, build)
+        else:
+            ordered, snapshot = build()
+        self._order, self._order_valid = ordered, True
+        return snapshot
 
     def _set_snapshot(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot

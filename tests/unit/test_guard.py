@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 import sdbridge.guard
+import sdbridge.job
 from sdbridge.config import GuardConfig
 from sdbridge.guard import Guard, removed_targets
 from sdbridge.render import Snapshot, make_entry, sort_entries
@@ -127,6 +128,36 @@ async def test_glitch_is_held_visible_and_released_after_confirmations(
         assert metric("sdbridge_guard_holding", name) == 0
         assert job.status()["guard"]["last_release"] == "confirmed by 2 syncs"
     assert [s.target_count for s in out.snapshots] == [10, 1]
+
+
+async def test_syncs_without_changes_do_not_rebuild_a_held_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    builds = 0
+    real_build = sdbridge.job._build
+
+    def counting_build(*args: Any) -> Any:
+        nonlocal builds
+        builds += 1
+        return real_build(*args)
+
+    monkeypatch.setattr(sdbridge.job, "_build", counting_build)
+    job, (fake,), out = make_job(name="guard-rebuild", guard={"confirmations": 4, "hold_for": "1h"})
+    async with running(job):
+        await fake.send([group("all", *hosts(10))])
+        await until(lambda: len(out.snapshots) == 1)
+        await fake.send([group("all", *hosts(1))])
+        await until(lambda: job.guard.holding, what="the guard to hold")
+        held_builds = builds
+        for _ in range(3):  # the guard re-decides on each sync, about the same snapshot
+            await fake.send([])
+            await asyncio.sleep(0.02)
+        assert job.guard.status()["confirmations_seen"] == 3
+        assert builds == held_builds
+        await fake.send([])
+        await until(lambda: len(out.snapshots) == 2)
+        assert out.snapshots[1].target_count == 1
+        assert builds == held_builds
 
 
 async def test_drop_that_goes_away_is_never_published() -> None:
