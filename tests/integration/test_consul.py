@@ -22,7 +22,6 @@ from sdbridge.discovery.consul import (
     ConsulDiscoverer,
     ConsulSDConfig,
     aggregated_status,
-    join_host_port,
     parse_service_nodes,
 )
 from sdbridge.errors import BackendError
@@ -114,11 +113,6 @@ def test_config_key_and_paths(tmp_path: Any) -> None:
 )
 def test_aggregated_status(checks: list[dict[str, str]], expected: str) -> None:
     assert aggregated_status(checks) == expected
-
-
-def test_join_host_port_brackets_ipv6() -> None:
-    assert join_host_port("::1", 80) == "[::1]:80"
-    assert join_host_port("127.0.0.1", 80) == "127.0.0.1:80"
 
 
 def _entry(**service: Any) -> dict[str, Any]:

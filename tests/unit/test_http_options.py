@@ -50,6 +50,7 @@ def test_relative_files_resolve_against_the_config_directory(tmp_path: Path) -> 
         (TLSConfig, {"cert_file": "c.pem"}, "go together"),
         (BasicAuth, {"username": "a", "password": "p", "password_file": "f"}, "not both"),
         (Authorization, {"credentials": "c", "credentials_file": "f"}, "not both"),
+        (Authorization, {"type": "basic", "credentials": "c"}, "use basic_auth"),
     ],
 )
 def test_conflicting_fields_are_refused(

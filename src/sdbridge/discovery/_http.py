@@ -116,6 +116,9 @@ class Authorization(MechanismConfig):
     def _one_credential(self) -> Self:
         if self.credentials is not None and self.credentials_file is not None:
             raise ValueError("authorization: set credentials or credentials_file, not both")
+        # As Prometheus's common HTTP client config: Basic has its own block.
+        if self.type.strip().lower() == "basic":
+            raise ValueError("authorization type cannot be Basic; use basic_auth")
         return self
 
     def resolve_paths(self, base_dir: Path) -> Self:

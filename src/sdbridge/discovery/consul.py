@@ -32,7 +32,6 @@ treated as 1, an index that goes backwards resets to 0, and HTTP 429 backs off l
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ssl
 import time
@@ -44,14 +43,22 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from .. import __version__
 from ..durations import Duration, format_duration
 from ..errors import BackendError, DiscoveryError
-from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, sanitize_label_name
+from ..model import (
+    ADDRESS_LABEL,
+    LabelSet,
+    TargetGroup,
+    is_valid_address,
+    join_host_port,
+    sanitize_label_name,
+)
 from . import register
-from .base import Backoff, BaseDiscoverer, GroupDiff, MechanismConfig, Send, resolve_path
+from ._http import Authorization, BasicAuth, TLSConfig, auth_headers
+from .base import Backoff, BaseDiscoverer, GroupDiff, MechanismConfig, Send
 
 # Label names, as in prometheus/prometheus discovery/consul/consul.go.
 META = "__meta_consul_"
@@ -85,58 +92,6 @@ _SWEEP_SETTLE = 0.3
 # are coalesced instead of re-downloaded back to back, and a server that answers at once
 # without a new index (hashicorp/consul#3712) is not hammered.
 _MIN_POLL_GAP = 0.25
-
-
-class TLSConfig(BaseModel):
-    """``tls_config``: how to verify the Consul server and present a client certificate."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    server_name: str | None = None
-    insecure_skip_verify: bool = False
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file must be given together")
-        return self
-
-
-class BasicAuth(BaseModel):
-    """``basic_auth``: HTTP basic authentication (e.g. a proxy in front of Consul)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    username: str
-    password: SecretStr | None = None
-    password_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_password(self) -> Self:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("at most one of password and password_file can be configured")
-        return self
-
-
-class Authorization(BaseModel):
-    """``authorization``: an ``Authorization: <type> <credentials>`` header."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: str = "Bearer"
-    credentials: SecretStr | None = None
-    credentials_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> Self:
-        if self.credentials is not None and self.credentials_file is not None:
-            raise ValueError("at most one of credentials and credentials_file can be configured")
-        if self.type.strip().lower() == "basic":
-            raise ValueError("authorization type cannot be Basic; use basic_auth")
-        return self
 
 
 class ConsulSDConfig(MechanismConfig):
@@ -210,26 +165,11 @@ class ConsulSDConfig(MechanismConfig):
 
     def resolve_paths(self, base_dir: Path) -> Self:
         """Resolve the TLS and credential files against the config's directory."""
-        update: dict[str, Any] = {}
-        if self.tls_config is not None:
-            tls = self.tls_config
-            update["tls_config"] = tls.model_copy(
-                update={
-                    name: resolve_path(path, base_dir)
-                    for name in ("ca_file", "cert_file", "key_file")
-                    if (path := getattr(tls, name)) is not None
-                }
-            )
-        if self.basic_auth is not None and self.basic_auth.password_file is not None:
-            update["basic_auth"] = self.basic_auth.model_copy(
-                update={"password_file": resolve_path(self.basic_auth.password_file, base_dir)}
-            )
-        if self.authorization is not None and self.authorization.credentials_file is not None:
-            update["authorization"] = self.authorization.model_copy(
-                update={
-                    "credentials_file": resolve_path(self.authorization.credentials_file, base_dir)
-                }
-            )
+        update: dict[str, Any] = {
+            name: block.resolve_paths(base_dir)
+            for name in ("tls_config", "basic_auth", "authorization")
+            if (block := getattr(self, name)) is not None
+        }
         return self.model_copy(update=update) if update else self
 
 
@@ -265,11 +205,6 @@ def aggregated_status(checks: Iterable[Mapping[str, Any]]) -> str:
         return "warning"
     # Every check passing, or no checks at all.
     return "passing"
-
-
-def join_host_port(host: str, port: int) -> str:
-    """Go's net.JoinHostPort: brackets a host that contains a colon (IPv6)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Shape:
@@ -484,41 +419,15 @@ def _status_error(url: str, status: int, body: bytes) -> BackendError:
     return BackendError(f"{url}: HTTP {status}{hint}: {text}")
 
 
-def _read_secret(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise DiscoveryError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-
-
-def _basic_password(config: ConsulSDConfig) -> str:
-    auth = config.basic_auth
-    assert auth is not None
-    if auth.password_file is not None:
-        return _read_secret(auth.password_file, "basic_auth.password_file")
-    return auth.password.get_secret_value() if auth.password else ""
-
-
 def _auth_headers(config: ConsulSDConfig) -> dict[str, str]:
     headers = {"Accept": "application/json", "User-Agent": f"sdbridge/{__version__}"}
     if config.token is not None:
         headers["X-Consul-Token"] = config.token.get_secret_value()
-    if config.authorization is not None:
-        auth = config.authorization
-        if auth.credentials_file is not None:
-            secret = _read_secret(auth.credentials_file, "authorization.credentials_file")
-        else:
-            secret = auth.credentials.get_secret_value() if auth.credentials else ""
-        headers["Authorization"] = f"{auth.type} {secret}"
-    user: str | None = None
-    if config.basic_auth is not None:
-        user, password = config.basic_auth.username, _basic_password(config)
-    elif config.username or config.password is not None:
-        user = config.username
-        password = config.password.get_secret_value() if config.password else ""
-    if user is not None:
-        pair = f"{user}:{password}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    basic_auth = config.basic_auth
+    if basic_auth is None and (config.username or config.password is not None):
+        # Prometheus's legacy username/password options are basic auth by another name.
+        basic_auth = BasicAuth(username=config.username, password=config.password)
+    headers.update(auth_headers(basic_auth, config.authorization))
     return headers
 
 
@@ -526,15 +435,9 @@ def _ssl_context(tls: TLSConfig | None) -> ssl.SSLContext | None:
     if tls is None:
         return None
     try:
-        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file is not None and tls.key_file is not None:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        return tls.ssl_context()
     except (OSError, ssl.SSLError) as exc:
         raise DiscoveryError(f"tls_config: {exc}") from exc
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 # --- the watcher ---------------------------------------------------------------------------
