@@ -101,6 +101,24 @@ def test_relative_paths_resolve_against_the_config_dir_not_the_cwd(
     assert config.global_.data_dir == conf_dir / "data"
 
 
+@pytest.mark.parametrize(
+    "mechanism",
+    [
+        "consul_sd_configs: [{server: 127.0.0.1:8500, scheme: https, tls_config: {ca_file: ca.pem}}]",
+        "dockerswarm_sd_configs: [{host: https://127.0.0.1:2376, role: nodes, "
+        "tls_config: {ca_file: ca.pem}}]",
+        "etcd_sd_configs: [{endpoints: [127.0.0.1:2379], prefix: /x, layout: go-zero, "
+        "tls_config: {ca_file: ca.pem}}]",
+        "zookeeper_sd_configs: [{servers: [127.0.0.1:2181], paths: [/x], layout: curator, "
+        "tls_config: {ca_file: ca.pem}}]",
+    ],
+)
+def test_nested_option_blocks_resolve_their_files(tmp_path: Path, mechanism: str) -> None:
+    path = write(tmp_path, f"jobs:\n  - name: a\n    {mechanism}\n")
+    ((_, mechanism_config),) = load_config(path).jobs[0].mechanism_configs()
+    assert mechanism_config.tls_config.ca_file == tmp_path / "ca.pem"  # type: ignore[attr-defined]
+
+
 # --- bad input: each error names the file and the path ----------------------------------
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import urlsplit
 
@@ -135,15 +134,6 @@ class EngineConfig(RefreshConfig):
         if self.basic_auth is not None and self.authorization is not None:
             raise ValueError("set basic_auth or authorization, not both")
         return self
-
-    def resolve_paths(self, base_dir: Path) -> Self:
-        """Resolve the TLS and credential files against the config file's directory."""
-        update: dict[str, Any] = {
-            name: block.resolve_paths(base_dir)
-            for name in ("tls_config", "basic_auth", "authorization")
-            if (block := getattr(self, name)) is not None
-        }
-        return self.model_copy(update=update) if update else self
 
     def filter_param(self) -> str | None:
         """The ``filters`` query parameter (JSON ``{name: [values]}``), or None."""

@@ -54,10 +54,16 @@ class MechanismConfig(BaseModel):
         """Return a copy whose relative paths are resolved against ``base_dir``.
 
         ``base_dir`` is the config file's directory (Prometheus's convention). The default
-        has no paths and returns ``self``; a mechanism with file options (a CA file, a
-        working directory) overrides it, typically with :func:`resolve_path`.
+        resolves nested option blocks (``tls_config``, ``basic_auth`` ...), which resolve
+        their own files; a config with file options of its own (a working directory)
+        overrides it, typically with :func:`resolve_path` and ``super()``.
         """
-        return self
+        update = {
+            name: value.resolve_paths(base_dir)
+            for name, value in self
+            if isinstance(value, MechanismConfig)
+        }
+        return self.model_copy(update=update) if update else self
 
 
 def resolve_path(path: Path, base_dir: Path) -> Path:

@@ -37,7 +37,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import quote
 
@@ -162,15 +161,6 @@ class ConsulSDConfig(MechanismConfig):
         if self.basic_auth is not None and self.authorization is not None:
             raise ValueError("at most one of basic_auth and authorization can be configured")
         return self
-
-    def resolve_paths(self, base_dir: Path) -> Self:
-        """Resolve the TLS and credential files against the config's directory."""
-        update: dict[str, Any] = {
-            name: block.resolve_paths(base_dir)
-            for name in ("tls_config", "basic_auth", "authorization")
-            if (block := getattr(self, name)) is not None
-        }
-        return self.model_copy(update=update) if update else self
 
 
 # --- building targets ----------------------------------------------------------------------

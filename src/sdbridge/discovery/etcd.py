@@ -46,7 +46,6 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
@@ -219,12 +218,6 @@ class EtcdSDConfig(RefreshConfig):
         if self.layout == "coredns" and not self.prefix.startswith(self.coredns_path):
             raise ValueError(f"prefix {self.prefix!r} is not under coredns_path")
         return self
-
-    def resolve_paths(self, base_dir: Path) -> Self:
-        """Resolve tls_config's files against the config file's directory."""
-        if self.tls_config is None:
-            return self
-        return self.model_copy(update={"tls_config": self.tls_config.resolve_paths(base_dir)})
 
     def urls(self) -> list[str]:
         """The endpoints as base URLs; a bare host:port gets http, or https with TLS."""

@@ -50,8 +50,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -196,12 +195,6 @@ class ZookeeperSDConfig(RefreshConfig):
         if value <= 0:
             raise ValueError("timeout must be greater than 0")
         return value
-
-    def resolve_paths(self, base_dir: Path) -> Self:
-        """Resolve the TLS files against the config file's directory."""
-        if self.tls_config is None:
-            return self
-        return self.model_copy(update={"tls_config": self.tls_config.resolve_paths(base_dir)})
 
 
 def _is_under(path: str, base: str) -> bool:
