@@ -17,6 +17,7 @@ group. Everything importable from here is stable API.
 """
 
 from .discovery import ENTRY_POINT_GROUP, register
+from .discovery._http import Authorization, BasicAuth, TLSConfig, auth_headers
 from .discovery.base import (
     Backoff,
     BaseDiscoverer,
@@ -43,9 +44,11 @@ from .model import (
 __all__ = [
     "ADDRESS_LABEL",
     "ENTRY_POINT_GROUP",
+    "Authorization",
     "BackendError",
     "Backoff",
     "BaseDiscoverer",
+    "BasicAuth",
     "Discoverer",
     "DiscoveryContext",
     "DiscoveryError",
@@ -57,7 +60,9 @@ __all__ = [
     "RefreshDiscoverer",
     "SdbridgeError",
     "Send",
+    "TLSConfig",
     "TargetGroup",
+    "auth_headers",
     "is_valid_address",
     "is_valid_label_name",
     "join_list",
