@@ -39,10 +39,10 @@ from tests.servers.etcd import (
 
 
 def test_endpoints_reads_the_naming_update() -> None:
-    key, value = naming_endpoint("svc/grpc", "a", "10.0.0.1:50051", {"zone": "z", "n": 1.5})
+    key, value = naming_endpoint("svc/grpc", "a", "127.0.0.1:50051", {"zone": "z", "n": 1.5})
     assert parse_endpoints(key, value.encode()) == [
         {
-            "__address__": "10.0.0.1:50051",
+            "__address__": "127.0.0.1:50051",
             "__meta_etcd_service": "svc/grpc",
             "__meta_etcd_metadata_n": "1.5",
             "__meta_etcd_metadata_zone": "z",
@@ -73,10 +73,10 @@ def test_kratos_gives_one_target_per_endpoint() -> None:
 
 
 def test_go_zero_splits_service_and_lease() -> None:
-    key, value = go_zero_instance("user.rpc", 7587864068988009477, "10.0.0.5:8080")
+    key, value = go_zero_instance("user.rpc", 7587864068988009477, "127.0.0.5:8080")
     assert parse_go_zero(key, value.encode()) == [
         {
-            "__address__": "10.0.0.5:8080",
+            "__address__": "127.0.0.5:8080",
             "__meta_etcd_service": "user.rpc",
             "__meta_etcd_instance_id": "7587864068988009477",
         }
@@ -99,11 +99,11 @@ def test_go_micro_node_metadata_overrides_service_metadata() -> None:
 
 
 def test_coredns_reverses_the_key_into_a_name() -> None:
-    key, value = coredns_record("service.staging.skydns.local", "10.0.0.7", 80, weight=5)
+    key, value = coredns_record("service.staging.skydns.local", "127.0.0.7", 80, weight=5)
     assert key == "/skydns/local/skydns/staging/service"
     assert parse_coredns(key, value.encode(), "/skydns") == [
         {
-            "__address__": "10.0.0.7:80",
+            "__address__": "127.0.0.7:80",
             "__meta_etcd_service": "service.staging.skydns.local",
             "__meta_etcd_dns_weight": "5",
         }
@@ -131,7 +131,7 @@ def test_coredns_ipv6_host_is_bracketed() -> None:
         (parse_kratos, b'{"name":"a","endpoints":["h:1"]}', "not host:port"),
         (parse_kratos, b'{"name":"a","metadata":[1],"endpoints":["http://h:1"]}', "metadata"),
         (parse_go_zero, b"\xff", "not UTF-8"),
-        (parse_go_zero, b"10.0.0.1", "not host:port"),
+        (parse_go_zero, b"127.0.0.1", "not host:port"),
         (parse_go_micro, b'{"name":"a","nodes":null}', "'nodes'"),
         (parse_go_micro, b'{"name":"a","nodes":[{"address":"x"}]}', "not host:port"),
         (parse_go_micro, b'{"name":"a","nodes":[1]}', "not an object"),

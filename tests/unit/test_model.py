@@ -87,7 +87,7 @@ def test_addresses(address: str, valid: bool) -> None:
 
 
 def test_join_host_port_brackets_ipv6() -> None:
-    assert join_host_port("10.0.0.1", 80) == "10.0.0.1:80"
+    assert join_host_port("127.0.0.1", 80) == "127.0.0.1:80"
     assert join_host_port("fd00::1", 9100) == "[fd00::1]:9100"
     assert join_host_port("fe80::1", 2) == "[fe80::1]:2"
     assert join_host_port("example.org", "8080") == "example.org:8080"

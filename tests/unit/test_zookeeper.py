@@ -34,16 +34,16 @@ SERVERSET_CASES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
     (
         "full member",
         {
-            "serviceEndpoint": {"host": "10.0.0.1", "port": 8080},
-            "additionalEndpoints": {"admin-http": {"host": "10.0.0.1", "port": 9990}},
+            "serviceEndpoint": {"host": "127.0.0.1", "port": 8080},
+            "additionalEndpoints": {"admin-http": {"host": "127.0.0.1", "port": 9990}},
             "status": "ALIVE",
             "shard": 3,
         },
         {
-            "__address__": "10.0.0.1:8080",
-            "__meta_serverset_endpoint_host": "10.0.0.1",
+            "__address__": "127.0.0.1:8080",
+            "__meta_serverset_endpoint_host": "127.0.0.1",
             "__meta_serverset_endpoint_port": "8080",
-            "__meta_serverset_endpoint_host_admin_http": "10.0.0.1",
+            "__meta_serverset_endpoint_host_admin_http": "127.0.0.1",
             "__meta_serverset_endpoint_port_admin_http": "9990",
             "__meta_serverset_status": "ALIVE",
             "__meta_serverset_shard": "3",
