@@ -161,13 +161,13 @@ def test_curator_rejects(data: bytes, message: str) -> None:
 
 def test_dubbo_provider() -> None:
     url = (
-        "dubbo://192.168.1.5:20880/org.apache.dubbo.demo.DemoService?anyhost=true"
+        "dubbo://127.0.1.5:20880/org.apache.dubbo.demo.DemoService?anyhost=true"
         "&application=demo-provider&interface=org.apache.dubbo.demo.DemoService"
         "&methods=sayHello,sayHelloAsync&side=provider&version=1.0.0&group=g&default.timeout=3000"
         "&bare"
     )
     labels = parse_dubbo_provider(java_url_encode(url), "/dubbo/x/providers/y")
-    assert labels["__address__"] == "192.168.1.5:20880"
+    assert labels["__address__"] == "127.0.1.5:20880"
     assert labels["__meta_zookeeper_dubbo_protocol"] == "dubbo"
     assert labels["__meta_zookeeper_dubbo_interface"] == "org.apache.dubbo.demo.DemoService"
     assert labels["__meta_zookeeper_dubbo_application"] == "demo-provider"
