@@ -118,6 +118,7 @@ class Job:
         # The snapshot the guard holds back, with the _last_change it was built at: syncs
         # that change nothing re-ask the guard about it instead of rebuilding the job.
         self._held: tuple[float, Snapshot] | None = None
+        self._release_timer: asyncio.TimerHandle | None = None
         self._published = asyncio.Event()
         self._snapshot: Snapshot | None = None
         self.last_publish: float | None = None
@@ -375,8 +376,11 @@ class Job:
             self._held = (built_at, snapshot)
             self._dirty = True
             wait = self.guard.seconds_until_release()
+            if self._release_timer is not None:
+                self._release_timer.cancel()  # one pending wake-up per hold, not one per sync
             if wait is not None:
-                asyncio.get_running_loop().call_later(wait + 0.01, self._wake.set)
+                loop = asyncio.get_running_loop()
+                self._release_timer = loop.call_later(wait + 0.01, self._wake.set)
             return
         self._set_snapshot(snapshot)
         self._published.set()
