@@ -11,10 +11,16 @@ it comes from (a config path, a backend object, a file)::
     └── OutputError            an output (file, state store) could not be written
 
 Mechanisms wrap their client library's exceptions at the boundary with
-``raise BackendError(...) from exc`` so callers only ever handle these types.
+``raise BackendError(...) from exc`` so callers only ever handle these types, and
+:func:`describe` turns any exception into the one line that logs and the API show.
 """
 
 from __future__ import annotations
+
+import re
+
+# ``scheme://user:password@host``: the userinfo goes, whatever it holds.
+_URL_USERINFO_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.I)
 
 
 class SdbridgeError(Exception):
@@ -43,3 +49,31 @@ class BackendError(DiscoveryError):
 
 class OutputError(SdbridgeError):
     """An output could not be written; the previous content stays in place."""
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the userinfo (``user:password@``) of every URL in it removed."""
+    return _URL_USERINFO_RE.sub(r"\g<scheme>", text)
+
+
+def describe(error: BaseException) -> str:
+    """One line saying what went wrong, without URL userinfo.
+
+    sdbridge's own errors and Python's built-in ones read as they are (an OS error as its
+    ``strerror``, e.g. "Connection refused"); a client library's exception is prefixed
+    with its type, since its text alone often does not say what kind of failure it is
+    (``ServerDisconnectedError: Server disconnected``). An error without text is its type.
+    """
+    name = type(error).__name__
+    builtin = type(error).__module__ == "builtins"
+    if builtin and isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+        if error.filename is not None:
+            text = f"{text}: {error.filename}"
+    else:
+        text = redact_url(str(error))
+    if not text:
+        return name
+    if builtin or isinstance(error, SdbridgeError):
+        return text
+    return f"{name}: {text}"

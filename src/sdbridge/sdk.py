@@ -17,7 +17,19 @@ group. Everything importable from here is stable API.
 """
 
 from .discovery import ENTRY_POINT_GROUP, register
-from .discovery._http import Authorization, BasicAuth, TLSConfig, auth_headers
+from .discovery._http import (
+    Authorization,
+    BasicAuth,
+    BasicAuthConfig,
+    HTTPClient,
+    HTTPClientConfig,
+    HTTPStatusError,
+    OAuth2,
+    Response,
+    TLSConfig,
+    auth_headers,
+    read_lines,
+)
 from .discovery.base import (
     Backoff,
     BaseDiscoverer,
@@ -31,7 +43,7 @@ from .discovery.base import (
     resolve_path,
 )
 from .durations import Duration
-from .errors import BackendError, DiscoveryError, InvalidTargetError, SdbridgeError
+from .errors import BackendError, DiscoveryError, InvalidTargetError, SdbridgeError, describe
 from .model import (
     ADDRESS_LABEL,
     TargetGroup,
@@ -49,23 +61,31 @@ __all__ = [
     "Backoff",
     "BaseDiscoverer",
     "BasicAuth",
+    "BasicAuthConfig",
     "Discoverer",
     "DiscoveryContext",
     "DiscoveryError",
     "Duration",
     "GroupDiff",
+    "HTTPClient",
+    "HTTPClientConfig",
+    "HTTPStatusError",
     "InvalidTargetError",
     "MechanismConfig",
+    "OAuth2",
     "RefreshConfig",
     "RefreshDiscoverer",
+    "Response",
     "SdbridgeError",
     "Send",
     "TLSConfig",
     "TargetGroup",
     "auth_headers",
+    "describe",
     "is_valid_address",
     "is_valid_label_name",
     "join_list",
+    "read_lines",
     "register",
     "resolve_path",
     "sanitize_label_name",

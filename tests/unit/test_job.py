@@ -168,7 +168,7 @@ async def test_a_discoverer_whose_constructor_fails_only_fails_its_mechanism(
         raise ValueError("plugin bug")
 
     monkeypatch.setitem(
-        sdbridge.discovery._registry,
+        sdbridge.discovery.MECHANISMS,
         "exec",
         dataclasses.replace(sdbridge.discovery.mechanisms()["exec"], factory=broken),
     )

@@ -1,4 +1,4 @@
-"""The registry of discovery mechanisms.
+"""The table of discovery mechanisms (:data:`MECHANISMS`).
 
 Each mechanism registers a name and a pydantic config model; the YAML key
 ``<name>_sd_configs`` is derived from the name. Built-in mechanisms are imported
@@ -48,7 +48,8 @@ class Mechanism:
         return f"{self.name}_sd_configs"
 
 
-_registry: dict[str, Mechanism] = {}
+MECHANISMS: dict[str, Mechanism] = {}
+"""Every registered mechanism by name; read it through :func:`mechanisms`."""
 _loaded = False
 
 D = TypeVar("D")
@@ -63,10 +64,10 @@ def register(name: str, config: type[MechanismConfig]) -> Callable[[type[D]], ty
         raise ValueError(f"mechanism name {name!r} must match {_NAME_RE.pattern}")
 
     def decorate(cls: type[D]) -> type[D]:
-        existing = _registry.get(name)
+        existing = MECHANISMS.get(name)
         if existing is not None and existing.factory is not cls:
             raise ValueError(f"mechanism {name!r} is already registered by {existing.factory}")
-        _registry[name] = Mechanism(name, config, cls)  # type: ignore[arg-type]
+        MECHANISMS[name] = Mechanism(name, config, cls)  # type: ignore[arg-type]
         return cls
 
     return decorate
@@ -80,7 +81,7 @@ def mechanisms() -> dict[str, Mechanism]:
         for module in BUILTIN_MODULES:
             importlib.import_module(module)
         _load_plugins()
-    return dict(_registry)
+    return dict(MECHANISMS)
 
 
 def _load_plugins() -> None:

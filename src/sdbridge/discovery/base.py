@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from .. import metrics
 from ..durations import Duration
-from ..errors import SdbridgeError
+from ..errors import SdbridgeError, describe
 from ..model import TargetGroup
 
 Send = Callable[[list[TargetGroup]], Awaitable[None]]
@@ -146,7 +146,7 @@ class DiscoveryContext:
     def record_failure(self, error: BaseException, duration: float | None = None) -> None:
         """Mark a failed sync; logs only when the failure starts or its message changes."""
         status = self.status
-        message = _describe(error)
+        message = describe(error)
         if status.failing_since is None or status.last_error != message:
             # A bug (not a backend problem) deserves its traceback, once.
             exc_info = error if not isinstance(error, SdbridgeError | OSError) else None
@@ -163,11 +163,6 @@ class DiscoveryContext:
         self._up.set(0)
         if duration is not None:
             self._duration.observe(duration)
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return text if text else type(error).__name__
 
 
 C = TypeVar("C", bound=MechanismConfig)
