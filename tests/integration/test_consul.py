@@ -27,6 +27,7 @@ from sdbridge.discovery.consul import (
 from sdbridge.errors import BackendError
 from sdbridge.model import TargetGroup, sanitize_label_name
 from tests.doubles.consul_double import ConsulDouble, compile_filter, parse_go_duration, running
+from tests.doubles.http_proxy import running_proxy
 from tests.servers.tls import self_signed
 
 # --- config ------------------------------------------------------------------------------
@@ -573,6 +574,15 @@ async def test_wrong_token_is_a_clear_403(caplog: pytest.LogCaptureFixture) -> N
     assert "HTTP 403 (check the token" in message
     assert "ACL not found" in message
     assert "wrong" not in caplog.text  # the token itself is never logged
+
+
+async def test_requests_go_through_proxy_url(consul: ConsulDouble) -> None:
+    consul.load(_web_dataset(instances=2, services=1))
+    async with running_proxy() as proxy:
+        async with discovering(consul, proxy_url=proxy.url) as h:
+            await h.wait_for(lambda: len(h.targets()) == 2, "2 targets")
+        assert proxy.seen
+        assert {seen.target for seen in proxy.seen} == {consul.address}
 
 
 async def test_unknown_datacenter(consul: ConsulDouble) -> None:
