@@ -26,7 +26,7 @@ import pytest
 
 from sdbridge.config import parse_config
 from sdbridge.discovery import mechanisms
-from sdbridge.discovery._dockerapi import EngineWatcher
+from sdbridge.discovery._dockerbase import EngineWatcher
 from sdbridge.discovery.base import DiscoveryContext
 from tests.servers.common import free_port, wait_until
 from tests.servers.dockerd import (

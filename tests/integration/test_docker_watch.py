@@ -23,7 +23,8 @@ import pytest
 
 from sdbridge.config import parse_config
 from sdbridge.discovery import mechanisms
-from sdbridge.discovery._dockerapi import EngineWatcher, negotiate_api_version
+from sdbridge.discovery._dockerapi import negotiate_api_version
+from sdbridge.discovery._dockerbase import EngineWatcher
 from sdbridge.discovery.base import DiscoveryContext
 from sdbridge.errors import BackendError
 from sdbridge.job import Job

@@ -1,17 +1,24 @@
-"""The Docker mechanisms' config validation and pure helpers (no engine needed)."""
+"""The Docker mechanisms' config validation, pure helpers, and the Engine client against a
+fake engine on a unix socket (no dockerd needed)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import orjson
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sdbridge.config import parse_config
-from sdbridge.discovery._dockerapi import _relevant, encode_filters, network_labels
+from sdbridge.discovery._dockerapi import EngineClient, EngineConfig, encode_filters
+from sdbridge.discovery._dockerbase import _relevant, network_labels
 from sdbridge.discovery.dockerswarm import _moving
-from sdbridge.errors import ConfigError
+from sdbridge.errors import BackendError, ConfigError
 
 
 def _job(key: str, entry: dict[str, object]) -> dict[str, object]:
@@ -158,3 +165,76 @@ def test_only_events_that_can_change_targets_trigger_a_refresh(
     event: dict[str, str], relevant: bool
 ) -> None:
     assert _relevant(event) is relevant
+
+
+# --- the Engine client against a fake engine on a unix socket ----------------------------------
+
+
+@contextlib.asynccontextmanager
+async def fake_engine(socket: Path) -> AsyncIterator[list[str]]:
+    """A loopback stand-in for dockerd: /version, /v1.47/services (503), /v1.47/events."""
+    paths: list[str] = []
+
+    async def version(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        return web.json_response({"ApiVersion": "1.51", "MinAPIVersion": "1.24", "Version": "28"})
+
+    async def services(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        return web.json_response({"message": "This node is not a swarm manager."}, status=503)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        paths.append(request.path)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        big = {"Type": "container", "Action": "start", "Actor": {"ID": "x" * 100_000}}
+        await response.write(orjson.dumps(big) + b"\n{torn\n")
+        await response.write(orjson.dumps({"Type": "network", "Action": "connect"}) + b"\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1.47/services", services)
+    app.router.add_get("/v1.47/events", events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(socket)).start()
+    try:
+        yield paths
+    finally:
+        await runner.cleanup()
+
+
+def _client(socket: Path) -> EngineClient:
+    config = EngineConfig.model_validate({"host": f"unix://{socket}"})
+    return EngineClient(config, timeout=5.0)
+
+
+async def test_engine_client_negotiates_reads_events_and_explains_failures(
+    tmp_path: Path,
+) -> None:
+    socket = tmp_path / "docker.sock"
+    async with fake_engine(socket) as paths:
+        client = _client(socket)
+        try:
+            assert await client.negotiate() == "1.47"
+            with pytest.raises(BackendError, match="needs a swarm manager") as caught:
+                await client.get_list("/services")
+            assert "This node is not a swarm manager." in str(caught.value)
+            events = [event async for event in client.events(["container", "network"])]
+        finally:
+            await client.close()
+    # A 100 kB event is read whole (no line-length limit); a torn line is skipped.
+    assert [event["Type"] for event in events] == ["container", "network"]
+    assert paths == ["/version", "/v1.47/services", "/v1.47/events"]
+    for path, hint in [
+        (socket, "connection refused \\(is dockerd running\\?\\)"),  # the engine is gone
+        (tmp_path / "absent.sock", "the socket does not exist"),
+    ]:
+        client = _client(path)
+        try:
+            with pytest.raises(BackendError, match=f"cannot reach Docker Engine at .*: {hint}"):
+                await client.negotiate()
+        finally:
+            await client.close()

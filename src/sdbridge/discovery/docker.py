@@ -28,15 +28,8 @@ from pydantic import Field
 
 from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, join_host_port
 from . import register
-from ._dockerapi import (
-    EngineClient,
-    EngineConfig,
-    EngineWatcher,
-    dig,
-    int_field,
-    network_labels,
-    prefixed_labels,
-)
+from ._dockerapi import EngineClient, EngineConfig
+from ._dockerbase import EngineWatcher, dig, int_field, network_labels, prefixed_labels
 
 PREFIX = "__meta_docker_"
 

@@ -37,15 +37,8 @@ from pydantic import Field
 from ..errors import BackendError
 from ..model import ADDRESS_LABEL, LabelSet, TargetGroup, join_host_port
 from . import register
-from ._dockerapi import (
-    EngineClient,
-    EngineConfig,
-    EngineWatcher,
-    dig,
-    int_field,
-    network_labels,
-    prefixed_labels,
-)
+from ._dockerapi import EngineClient, EngineConfig
+from ._dockerbase import EngineWatcher, dig, int_field, network_labels, prefixed_labels
 from .base import DiscoveryContext
 
 PREFIX = "__meta_dockerswarm_"

@@ -15,6 +15,7 @@ Plugin authors import these names from :mod:`sdbridge.sdk`.
 from .client import (
     DEFAULT,
     TRANSPORT_ERRORS,
+    Explain,
     HTTPClient,
     HTTPStatusError,
     Response,
@@ -43,6 +44,7 @@ __all__ = [
     "Authorization",
     "BasicAuth",
     "BasicAuthConfig",
+    "Explain",
     "HTTPClient",
     "HTTPClientConfig",
     "HTTPStatusError",

@@ -58,8 +58,19 @@ def body_message(body: bytes, limit: int = 300) -> str:
     return body.decode("utf-8", "replace").strip()[:limit] or "(empty body)"
 
 
-def request_error(where: str, error: BaseException, timeout: float | None = None) -> BackendError:
+Explain = Callable[[BaseException], str | None]
+"""A mechanism's own words for a transport failure (e.g. what to check), or None."""
+
+
+def request_error(
+    where: str,
+    error: BaseException,
+    timeout: float | None = None,
+    explain: Explain | None = None,
+) -> BackendError:
     """A transport failure (aiohttp, OS, timeout) as a BackendError naming ``where``."""
+    if explain is not None and (text := explain(error)) is not None:
+        return BackendError(f"{where}: {text}")
     if isinstance(error, TimeoutError) and timeout is not None:
         return BackendError(f"{where}: no answer within {timeout:g}s")
     return BackendError(f"{where}: {describe(error)}")
@@ -113,7 +124,8 @@ class HTTPClient:
     ``tls_config``, the OAuth 2.0 token endpoint). ``timeout`` is a request's total time
     (None: no limit) and ``connect_timeout`` the time to connect. ``unix_socket`` sends
     every request over that socket (the URL's host is then only a name).
-    ``count_request`` is called once per request sent, e.g. for a metric.
+    ``count_request`` is called once per request sent, e.g. for a metric; ``explain``
+    may word a transport failure in the backend's terms (see :func:`os_error`).
     """
 
     def __init__(
@@ -127,6 +139,7 @@ class HTTPClient:
         limit: int = 100,
         unix_socket: str | None = None,
         count_request: Callable[[], None] | None = None,
+        explain: Explain | None = None,
     ) -> None:
         self.config = config if config is not None else HTTPClientConfig()
         self.name = name
@@ -136,6 +149,7 @@ class HTTPClient:
         self._limit = limit
         self._unix_socket = unix_socket
         self._count_request = count_request
+        self._explain = explain
         self._session: aiohttp.ClientSession | None = None
         self._oauth2 = (
             _TokenSource(self.config.oauth2, self) if self.config.oauth2 is not None else None
@@ -243,7 +257,7 @@ class HTTPClient:
                 body = await response.read()
                 answer = Response(response.status, response.headers, body, where)
         except TRANSPORT_ERRORS as exc:
-            raise request_error(where, exc, total) from exc
+            raise request_error(where, exc, total, self._explain) from exc
         self._after(answer.status)
         if check and not 200 <= answer.status < 300:
             raise status_error(where, answer.status, body)
@@ -273,7 +287,7 @@ class HTTPClient:
         try:
             response = await session.request(method, url, params=params, data=data, **options)
         except TRANSPORT_ERRORS as exc:
-            raise request_error(where, exc) from exc
+            raise request_error(where, exc, None, self._explain) from exc
         try:
             self._after(response.status)
             if not 200 <= response.status < 300:
