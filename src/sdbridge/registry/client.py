@@ -20,18 +20,19 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
+from pydantic import SecretStr
 
+from ..discovery._http import Authorization, HTTPClient, HTTPClientConfig, Response, body_message
 from ..discovery.base import Backoff, wait_event
 from ..durations import parse_duration
-from ..errors import SdbridgeError
+from ..errors import BackendError, SdbridgeError, redact_url
 from .api import PREFIX
 
 log = logging.getLogger("sdbridge.register")
 
 DEFAULT_URL = "http://127.0.0.1:9099"
-_TIMEOUT = aiohttp.ClientTimeout(total=10)
+_TIMEOUT = 10.0
 
 
 class Refused(SdbridgeError):
@@ -97,60 +98,68 @@ class Registration:
         self.body = orjson.dumps({"address": address, "labels": labels, "ttl": ttl})
         self.ttl = ttl
         self.headers = {"Content-Type": "application/json"}
-        if token is not None:
-            self.headers["Authorization"] = f"Bearer {token}"
+        self.token = token
 
-    async def register(self, session: aiohttp.ClientSession) -> None:
-        """PUT the registration; raise Refused on a 4xx, aiohttp errors when unreachable."""
-        async with session.put(self.url, data=self.body, headers=self.headers) as response:
-            await self._check(response)
-
-    async def heartbeat(self, session: aiohttp.ClientSession) -> None:
-        """Renew the ttl, registering again if sdbridge no longer knows the instance."""
-        async with session.post(f"{self.url}/heartbeat", headers=self.headers) as response:
-            if response.status == 404:
-                log.warning("sdbridge forgot %s; registering again", self.name)
-                await self.register(session)
-                return
-            await self._check(response)
-
-    async def deregister(self, session: aiohttp.ClientSession) -> None:
-        """DELETE the registration (a 404 means it is already gone)."""
-        async with session.delete(self.url, headers=self.headers) as response:
-            if response.status != 404:
-                await self._check(response)
-
-    async def _check(self, response: aiohttp.ClientResponse) -> None:
-        if response.status < 400:
-            return
-        text = await response.text()
-        try:
-            message = orjson.loads(text).get("error", text)
-        except (orjson.JSONDecodeError, AttributeError):
-            message = text.strip()
-        if 400 <= response.status < 500:
-            raise Refused(f"sdbridge refused {self.name} ({response.status}): {message}")
-        raise aiohttp.ClientResponseError(
-            response.request_info, (), status=response.status, message=message
+    def client(self) -> HTTPClient:
+        """The HTTP client to sdbridge, sending the write token (if any) as a bearer."""
+        options = HTTPClientConfig(
+            authorization=Authorization(credentials=SecretStr(self.token))
+            if self.token is not None
+            else None
         )
+        return HTTPClient(options, name=f"sdbridge at {redact_url(self.url)}", timeout=_TIMEOUT)
+
+    async def register(self, http: HTTPClient) -> None:
+        """PUT the registration; Refused on a 4xx, BackendError when unreachable or 5xx."""
+        self._check(await self._send(http, "PUT", self.url, self.body))
+
+    async def heartbeat(self, http: HTTPClient) -> None:
+        """Renew the ttl, registering again if sdbridge no longer knows the instance."""
+        answer = await self._send(http, "POST", f"{self.url}/heartbeat")
+        if answer.status == 404:
+            log.warning("sdbridge forgot %s; registering again", self.name)
+            await self.register(http)
+            return
+        self._check(answer)
+
+    async def deregister(self, http: HTTPClient) -> None:
+        """DELETE the registration (a 404 means it is already gone)."""
+        answer = await self._send(http, "DELETE", self.url)
+        if answer.status != 404:
+            self._check(answer)
+
+    async def _send(
+        self, http: HTTPClient, method: str, url: str, body: bytes | None = None
+    ) -> Response:
+        return await http.fetch(method, url, data=body, headers=self.headers, check=False)
+
+    def _check(self, answer: Response) -> None:
+        if answer.status < 400:
+            return
+        message = body_message(answer.body)
+        if answer.status < 500:
+            raise Refused(f"sdbridge refused {self.name} ({answer.status}): {message}")
+        raise BackendError(f"{answer.where}: HTTP {answer.status}: {message}")
 
     async def keep(self, stop: asyncio.Event) -> None:
         """Register, heartbeat every ttl/3 until ``stop`` is set, then deregister."""
         backoff = Backoff(0.5, max(1.0, self.ttl / 3))
-        async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
+        async with self.client() as http:
             failing = False
             registered = False
             while not stop.is_set():
                 try:
                     if registered:
-                        await self.heartbeat(session)
+                        await self.heartbeat(http)
                     else:
-                        await self.register(session)
+                        await self.register(http)
                         registered = True
-                        log.info("registered %s at %s", self.name, self.url)
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                        log.info("registered %s at %s", self.name, redact_url(self.url))
+                except BackendError as exc:
                     if not failing:
-                        log.warning("cannot reach sdbridge at %s, retrying: %s", self.url, exc)
+                        log.warning(
+                            "cannot reach sdbridge at %s, retrying: %s", redact_url(self.url), exc
+                        )
                     failing = True
                     await wait_event(stop, backoff.next_delay())
                     continue
@@ -161,9 +170,9 @@ class Registration:
                 await wait_event(stop, self.ttl / 3)
             if registered:
                 try:
-                    await self.deregister(session)
+                    await self.deregister(http)
                     log.info("deregistered %s", self.name)
-                except (aiohttp.ClientError, TimeoutError, Refused) as exc:
+                except (BackendError, Refused) as exc:
                     log.warning(
                         "could not deregister %s (its ttl will expire it): %s", self.name, exc
                     )
