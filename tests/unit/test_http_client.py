@@ -110,15 +110,24 @@ async def test_no_proxy_hosts_are_reached_directly(no_proxy: str) -> None:
 
 
 def test_no_proxy_matches_domains_and_subdomains() -> None:
-    client = HTTPClient(
-        config(proxy_url="http://proxy:3128", no_proxy="example.com,.corp,::1/128"), name="t"
-    )
-    assert client.proxy_for("http://example.com/") is None
-    assert client.proxy_for("http://a.example.com:8500/") is None
-    assert client.proxy_for("http://x.corp/") is None
-    assert client.proxy_for("http://[::1]:80/") is None
-    assert client.proxy_for("http://notexample.com/") == "http://proxy:3128"
-    assert client.proxy_for("http://127.0.0.1/") == "http://proxy:3128"
+    spec = "example.com,.corp,::1/128,10.1.2.3,[fe80::1]:8500,internal:2379"
+    client = HTTPClient(config(proxy_url="http://proxy:3128", no_proxy=spec), name="t")
+    proxy = "http://proxy:3128"
+    for url, expected in [
+        ("http://example.com/", None),
+        ("http://a.example.com:8500/", None),
+        ("http://notexample.com/", proxy),
+        ("http://x.corp/", None),
+        ("http://corp/", proxy),  # .corp: subdomains only, as Go's httpproxy
+        ("http://[::1]:80/", None),
+        ("http://10.1.2.3:9/", None),
+        ("http://127.0.0.1/", proxy),
+        ("http://[fe80::1]:8500/", None),
+        ("http://[fe80::1]:8501/", proxy),
+        ("http://internal:2379/", None),
+        ("https://internal/", proxy),
+    ]:
+        assert client.proxy_for(url) == expected, url
 
 
 async def test_proxy_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

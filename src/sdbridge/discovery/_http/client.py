@@ -306,34 +306,66 @@ class HTTPClient:
 
 
 class _NoProxy:
-    """Prometheus's ``no_proxy``: hosts, domains (with subdomains), IPs and CIDRs."""
+    """Prometheus's ``no_proxy`` (Go's httpproxy rules): ``*``, IPs and CIDRs, and domains
+    (``example.com`` with its subdomains, ``.example.com`` only its subdomains), each
+    host optionally with a ``:port``."""
 
     def __init__(self, spec: str) -> None:
         self.everything = False
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        self.domains: list[str] = []
+        self.addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = []
+        self.domains: list[tuple[str, bool, int]] = []  # suffix, matches itself, port
         for entry in (e.strip().lower() for e in spec.split(",")):
             if not entry:
                 continue
             if entry == "*":
                 self.everything = True
                 continue
+            if "/" in entry:
+                with contextlib.suppress(ValueError):
+                    self.networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            host, port = _host_port(entry)
             try:
-                self.networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                self.addresses.append((ipaddress.ip_address(host), port))
+                continue
             except ValueError:
-                host = entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry
-                self.domains.append(host.lstrip("*").lstrip("."))
+                pass
+            host = host.removeprefix("*")
+            if host.startswith("."):
+                self.domains.append((host, False, port))
+            elif host:
+                self.domains.append(("." + host, True, port))
 
     def matches(self, url: str) -> bool:
         """Whether a request to ``url`` bypasses the proxy."""
         if self.everything:
             return True
-        host = (urlsplit(url).hostname or "").lower()
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            return any(host == d or host.endswith("." + d) for d in self.domains)
-        return any(address in network for network in self.networks)
+            return any(
+                (host.endswith(suffix) or (itself and host == suffix[1:]))
+                and (not want or want == port)
+                for suffix, itself, want in self.domains
+            )
+        return any(address in network for network in self.networks) or any(
+            address == ip and (not want or want == port) for ip, want in self.addresses
+        )
+
+
+def _host_port(entry: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address; port 0 is any."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 0
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, int(port) if port.isdigit() else 0
+    return entry, 0
 
 
 class _TokenSource:
