@@ -12,8 +12,14 @@ A mechanism is one class::
         async def refresh(self) -> list[TargetGroup]:
             ...                           # return the full set, or raise
 
+A mechanism whose backend speaks HTTP inherits :class:`HTTPClientConfig` in its config
+(Prometheus's tls_config, basic_auth, authorization, oauth2, proxy and redirect options)
+and talks through :class:`HTTPClient`, which maps every failure to :class:`BackendError`
+(docs/writing-a-mechanism.md, "Talking HTTP").
+
 Third-party packages expose their module in the ``sdbridge.discoverers`` entry-point
-group. Everything importable from here is stable API.
+group. Everything importable from here is stable API; ``BasicAuth`` is the old name of
+``BasicAuthConfig``.
 """
 
 from .discovery import ENTRY_POINT_GROUP, register
