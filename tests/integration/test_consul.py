@@ -28,6 +28,7 @@ from sdbridge.errors import BackendError
 from sdbridge.model import TargetGroup, sanitize_label_name
 from tests.doubles.consul_double import ConsulDouble, compile_filter, parse_go_duration, running
 from tests.doubles.http_proxy import running_proxy
+from tests.doubles.oauth2 import TokenEndpoint, serving
 from tests.servers.tls import self_signed
 
 # --- config ------------------------------------------------------------------------------
@@ -583,6 +584,21 @@ async def test_requests_go_through_proxy_url(consul: ConsulDouble) -> None:
             await h.wait_for(lambda: len(h.targets()) == 2, "2 targets")
         assert proxy.seen
         assert {seen.target for seen in proxy.seen} == {consul.address}
+
+
+async def test_oauth2_token_is_the_consul_acl_token() -> None:
+    endpoint = TokenEndpoint()
+    with running(acl_token="t1") as consul:  # the double takes a bearer as the ACL token
+        consul.load(_web_dataset(instances=1, services=1))
+        async with serving(endpoint.app()) as url:
+            oauth2 = {
+                "client_id": "sdbridge",
+                "client_secret": "s:cret",
+                "token_url": url + "/token",
+            }
+            async with discovering(consul, oauth2=oauth2) as h:
+                await h.wait_for(lambda: len(h.targets()) == 1, "1 target")
+    assert endpoint.issued == 1  # one token for every request of the run
 
 
 async def test_unknown_datacenter(consul: ConsulDouble) -> None:
