@@ -154,9 +154,8 @@ class HTTPClient:
         self._oauth2 = (
             _TokenSource(self.config.oauth2, self) if self.config.oauth2 is not None else None
         )
-        proxy = self.config.proxy_url
         # aiohttp sends the proxy URL's userinfo as Proxy-Authorization (to the proxy only).
-        self._proxy = proxy
+        self._proxy = self.config.proxy_url
         self._no_proxy = _NoProxy(self.config.no_proxy or "")
         tls = self.config.tls_config
         self._request_options: dict[str, Any] = (
