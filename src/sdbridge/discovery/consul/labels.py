@@ -94,6 +94,12 @@ class GoJSONReader:
             raise self.fail(f"{what} is not an object: {value!r:.100}")
         return value
 
+    def objects(self, value: Any, what: str) -> list[dict[str, Any]]:
+        """A list of objects (each called ``what`` in errors)."""
+        if not isinstance(value, list):
+            raise self.fail(f"expected a list of {what}s, got {type(value).__name__}")
+        return [self.obj(item, what) for item in value]
+
     def text(self, value: Any, what: str) -> str:
         if value is None:
             return ""
@@ -206,11 +212,8 @@ def parse_catalog(data: Any) -> Catalog:
 def parse_checks(data: Any) -> Checks:
     """Parse ``/v1/health/state/any``: each check's service, status and modify index."""
     shape = GoJSONReader(POLLS["checks"])
-    if not isinstance(data, list):
-        raise shape.fail(f"expected a list of checks, got {type(data).__name__}")
     checks: Checks = {}
-    for item in data:
-        check = shape.obj(item, "check")
+    for check in shape.objects(data, "check"):
         key = (shape.text(check.get("Node"), "Node"), shape.text(check.get("CheckID"), "CheckID"))
         modify_index = check.get("ModifyIndex")
         checks[key] = (
@@ -225,11 +228,8 @@ def parse_checks(data: Any) -> Checks:
 def parse_nodes(data: Any) -> Nodes:
     """Parse ``/v1/catalog/nodes``: what of each node ends up in labels, and its index."""
     shape = GoJSONReader(POLLS["nodes"])
-    if not isinstance(data, list):
-        raise shape.fail(f"expected a list of nodes, got {type(data).__name__}")
     nodes: Nodes = {}
-    for item in data:
-        node = shape.obj(item, "node")
+    for node in shape.objects(data, "node"):
         nodes[shape.text(node.get("Node"), "Node")] = (
             str(node.get("ModifyIndex")),
             shape.text(node.get("Address"), "Address"),

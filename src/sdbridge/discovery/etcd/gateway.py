@@ -72,6 +72,17 @@ def kv_from_json(raw: dict[str, Any], deleted: bool = False) -> KeyValue:
     )
 
 
+def json_object(payload: bytes, what: str) -> dict[str, Any]:
+    """``payload`` decoded as a JSON object; a BackendError saying ``what`` is not one."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise BackendError(f"{what} is not JSON: {payload[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise BackendError(f"{what} is not a JSON object")
+    return data
+
+
 class Gateway:
     """A minimal client of etcd's v3 JSON gateway: paginated range and a streamed watch.
 
@@ -132,18 +143,9 @@ class Gateway:
             raise
         if response.status >= 500:
             self._failover()  # e.g. a member without a leader: another may answer
-        answer = self._decode(response.body, where)
+        answer = json_object(response.body, f"{where}: answer")
         if response.status != 200 or "error" in answer:
             raise self._error(answer, where, response.status)
-        return answer
-
-    def _decode(self, payload: bytes, where: str) -> dict[str, Any]:
-        try:
-            answer = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise BackendError(f"{where}: answer is not JSON: {payload[:200]!r}") from None
-        if not isinstance(answer, dict):
-            raise BackendError(f"{where}: answer is not a JSON object")
         return answer
 
     def _error(self, answer: dict[str, Any], where: str, status: int) -> Exception:
@@ -219,12 +221,7 @@ class WatchStream:
         raise BackendError(f"{self.where}: watch stream ended")
 
     def _message(self, line: bytes) -> dict[str, Any]:
-        try:
-            message = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise BackendError(f"{self.where}: watch message is not JSON: {line[:200]!r}") from None
-        if not isinstance(message, dict):
-            raise BackendError(f"{self.where}: watch message is not an object")
+        message = json_object(line, f"{self.where}: watch message")
         if "error" in message:
             error = message["error"]
             text = error.get("message", error) if isinstance(error, dict) else error

@@ -1,23 +1,5 @@
 """The ``__meta_etcd_*`` label names, declared once (see the table in docs/mechanisms/etcd.md)."""
 
-from ...model import ADDRESS_LABEL
-
-__all__ = [
-    "ADDRESS_LABEL",
-    "DNS_LABEL_PREFIX",
-    "ENDPOINT_LABEL",
-    "ENDPOINT_SCHEME_LABEL",
-    "INSTANCE_ID_LABEL",
-    "JSON_LABEL_PREFIX",
-    "KEY_LABEL",
-    "LEASE_LABEL",
-    "METADATA_LABEL",
-    "METADATA_LABEL_PREFIX",
-    "PREFIX_LABEL",
-    "SERVICE_LABEL",
-    "VERSION_LABEL",
-]
-
 # Every layout:
 KEY_LABEL = "__meta_etcd_key"  # the etcd key the instance was read from
 PREFIX_LABEL = "__meta_etcd_prefix"  # the configured prefix

@@ -15,6 +15,7 @@ import orjson
 
 from ...errors import InvalidTargetError
 from ...model import (
+    ADDRESS_LABEL,
     LabelSet,
     is_valid_address,
     join_host_port,
@@ -22,7 +23,6 @@ from ...model import (
 )
 from .config import MISSING, EtcdSDConfig, JSONFields, get_field, parse_field_path
 from .labels import (
-    ADDRESS_LABEL,
     DNS_LABEL_PREFIX,
     ENDPOINT_LABEL,
     ENDPOINT_SCHEME_LABEL,
