@@ -256,12 +256,7 @@ class EngineClient:
                 f"{answer.status}: {body_message(answer.body, 500)}{_hint(answer.status, path)}",
                 status=answer.status,
             )
-        try:
-            return orjson.loads(answer.body)
-        except orjson.JSONDecodeError as exc:
-            raise BackendError(
-                f"Docker Engine at {self.host}: GET {path} did not return JSON: {exc}"
-            ) from exc
+        return answer.json(f"Docker Engine at {self.host}: GET {path}")
 
     async def events(
         self, types: list[str], on_connect: Callable[[], None] | None = None

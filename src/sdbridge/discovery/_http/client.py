@@ -99,14 +99,14 @@ class Response:
     body: bytes
     where: str
 
-    def json(self) -> Any:
-        """The body as JSON; a BackendError naming ``where`` if it is not JSON."""
+    def json(self, what: str | None = None) -> Any:
+        """The body as JSON; a BackendError saying that ``what`` (default: the answer
+        from ``where``) is not JSON otherwise."""
         try:
             return orjson.loads(self.body)
         except orjson.JSONDecodeError as exc:
-            raise BackendError(
-                f"{self.where}: answer is not JSON ({exc}): {self.body[:100]!r}"
-            ) from exc
+            what = what if what is not None else f"{self.where}: answer"
+            raise BackendError(f"{what} is not JSON ({exc}): {self.body[:100]!r}") from exc
 
 
 class _Default(enum.Enum):
