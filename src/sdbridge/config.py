@@ -9,7 +9,6 @@ Relative paths are resolved against the config file's directory, as Prometheus d
 from __future__ import annotations
 
 import re
-from functools import cache
 from pathlib import Path
 from typing import Any, Self
 
@@ -175,30 +174,29 @@ class ConfigBase(StrictModel):
             raise ConfigError("\n".join(messages), errors=messages)
 
 
-# The concrete models, built from the registry (plugins included).
-Config = ConfigBase
-JobConfig = JobConfigBase
-
-
-@cache
-def _models(registry_key: tuple[str, ...]) -> tuple[type[ConfigBase], type[JobConfigBase]]:
-    registry = mechanisms()
-    fields: dict[str, Any] = {
-        m.config_key: (list[m.config_model], Field(default_factory=list))  # type: ignore[name-defined]
-        for m in registry.values()
-    }
-    job_model = create_model("JobConfig", __base__=JobConfigBase, **fields)
-    config_model = create_model(
-        "Config",
-        __base__=ConfigBase,
-        jobs=(list[job_model], Field(default_factory=list)),
-    )
-    return config_model, job_model
+_built_models: tuple[tuple[str, ...], type[ConfigBase], type[JobConfigBase]] | None = None
 
 
 def config_models() -> tuple[type[ConfigBase], type[JobConfigBase]]:
-    """The Config and JobConfig models for the mechanisms registered now."""
-    return _models(tuple(sorted(mechanisms())))
+    """The Config and JobConfig models for the mechanisms registered now (plugins included).
+
+    Each mechanism adds its ``<name>_sd_configs`` field; the models are rebuilt only when
+    the set of mechanisms changed since the last call.
+    """
+    global _built_models
+    registered = mechanisms()
+    names = tuple(sorted(registered))
+    if _built_models is None or _built_models[0] != names:
+        fields: dict[str, Any] = {
+            m.config_key: (list[m.config_model], Field(default_factory=list))  # type: ignore[name-defined]
+            for m in registered.values()
+        }
+        job_model = create_model("JobConfig", __base__=JobConfigBase, **fields)
+        config_model = create_model(
+            "Config", __base__=ConfigBase, jobs=(list[job_model], Field(default_factory=list))
+        )
+        _built_models = (names, config_model, job_model)
+    return _built_models[1], _built_models[2]
 
 
 def format_location(loc: tuple[int | str, ...]) -> str:
