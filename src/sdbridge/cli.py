@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigBase, load_config
+from .config import DEFAULT_MAX_CONFIG_SIZE, ConfigBase, load_config, parse_size
 from .daemon import Daemon
 from .defaults import banner, default_config
 from .durations import parse_duration
 from .errors import ConfigError, SdbridgeError
 from .job import Job
 from .logfmt import setup_logging
+from .masking import mask_text
 from .registry import api as registry_api
 from .registry import client as registry_client
 from .web.server import DEFAULT_LISTEN_ADDRESS, start_server
@@ -54,6 +55,23 @@ def _duration_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _config_size_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config.max-size",
+        dest="config_max_size",
+        type=_size_arg,
+        default=DEFAULT_MAX_CONFIG_SIZE,
+        help="refuse a config or web config file larger than this (default 16MiB)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _log_flags(common, defaults=False)
@@ -82,13 +100,16 @@ def _parser() -> argparse.ArgumentParser:
         "--web.config.file", dest="web_config", type=Path, help="TLS and basic auth config"
     )
 
+    _config_size_flag(run)
     check = commands.add_parser("check", parents=[common], help="validate a config file")
     check.add_argument("config", type=Path)
+    _config_size_flag(check)
 
     once = commands.add_parser(
         "once", parents=[common], help="run one complete discovery pass, write outputs, exit"
     )
     once.add_argument("--config.file", "--config", dest="config", type=Path, required=True)
+    _config_size_flag(once)
     once.add_argument(
         "--timeout",
         type=_duration_arg,
@@ -105,22 +126,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         if args.command == "check":
-            return _check(args.config)
+            return _check(args.config, args.config_max_size)
         if args.command == "once":
-            return asyncio.run(_once(load_config(args.config), args.timeout))
+            config = load_config(args.config, max_size=args.config_max_size)
+            return asyncio.run(_once(config, args.timeout))
         if args.command == "register":
             return asyncio.run(registry_client.run_register(args))
         return asyncio.run(_run(args))
     except ConfigError as exc:
-        print(f"sdbridge: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"sdbridge: invalid configuration:\n{mask_text(str(exc))}", file=sys.stderr)
         return 1
     except SdbridgeError as exc:
-        print(f"sdbridge: {exc}", file=sys.stderr)
+        print(f"sdbridge: {mask_text(str(exc))}", file=sys.stderr)
         return 1
 
 
-def _check(path: Path) -> int:
-    config = load_config(path)
+def _check(path: Path, max_size: int) -> int:
+    config = load_config(path, max_size=max_size)
     mechanisms = sum(len(job.mechanism_configs()) for job in config.jobs)
     print(f"{path}: OK ({len(config.jobs)} job(s), {mechanisms} mechanism(s))")
     return 0
@@ -135,7 +157,7 @@ async def _once(config: ConfigBase, within: float | None = None) -> int:
             if job.file_output is not None:
                 await job.file_output.write_now(snapshot)
         except SdbridgeError as exc:
-            print(f"sdbridge: {exc}", file=sys.stderr)
+            print(f"sdbridge: {mask_text(str(exc))}", file=sys.stderr)
             failures += 1
             continue
         where = job.file_output.path if job.file_output is not None else "(no file output)"
@@ -145,11 +167,18 @@ async def _once(config: ConfigBase, within: float | None = None) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     # No config file: the built-in default (sdbridge's own registry, see defaults.py).
-    config = load_config(args.config) if args.config is not None else default_config()
-    daemon = Daemon(config, config_path=args.config)
+    max_size = args.config_max_size
+    path = args.config
+    config = load_config(path, max_size=max_size) if path is not None else default_config()
+    loader = (lambda: load_config(path, max_size=max_size)) if path is not None else None
+    daemon = Daemon(config, config_path=path, config_loader=loader)
     address = args.listen_address or config.web.listen_address or DEFAULT_LISTEN_ADDRESS
     server = await start_server(
-        daemon, address, args.web_config, route_hooks=[registry_api.registry_routes(daemon)]
+        daemon,
+        address,
+        args.web_config,
+        route_hooks=[registry_api.registry_routes(daemon)],
+        max_config_size=max_size,
     )
     await registry_api.server_listening(server.runner.app, server.url)
     daemon.start()

@@ -32,6 +32,14 @@ from .relabel import RelabelConfig
 
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$")
 FILE_SUFFIXES = (".json", ".yml", ".yaml")
+MAX_CONFIRMATIONS = 1000
+DEFAULT_MAX_CONFIG_SIZE = 16 * 1024 * 1024
+"""``--config.max-size``: the largest config or web config file read (16 MiB)."""
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "kib": 1024, "mb": 1024**2, "mib": 1024**2}
+_SIZE_UNITS |= {"gb": 1024**3, "gib": 1024**3}
+_SIZE_RE = re.compile(r"([0-9]{1,10})\s*([a-z]*)", re.IGNORECASE)
+MAX_CONFIG_SIZE_LIMIT = 1024**3
+MAX_FILE_MODE = 0o7777
 
 
 class StrictModel(BaseModel):
@@ -71,7 +79,7 @@ class GuardConfig(StrictModel):
 
     enabled: bool = True
     max_drop_ratio: float = Field(0.5, ge=0.0, le=1.0)
-    confirmations: int = Field(3, ge=1)
+    confirmations: int = Field(3, ge=1, le=MAX_CONFIRMATIONS)
     hold_for: Duration = 300.0
 
 
@@ -88,12 +96,15 @@ class OutputConfig(StrictModel):
         # Always octal digits: "0644" (a string), or 0644 / 644 unquoted, which the config
         # loader reads as the integer 644 (no YAML 1.1 implicit octal, see _ConfigLoader).
         if isinstance(value, str | int) and not isinstance(value, bool):
+            text = str(value)
+            if len(text.lstrip("+-0")) > 4:  # more digits than 7777: never convert huge ints
+                raise ValueError(f"file_mode {text[:20]}... is out of range: 0000 to 7777 (octal)")
             try:
-                mode = int(str(value), 8)
+                mode = int(text, 8)
             except ValueError:
                 raise ValueError(f"file_mode must be octal, e.g. '0644', got {value!r}") from None
-            if not 0 <= mode <= 0o777:
-                raise ValueError(f"file_mode {value!r} is out of range")
+            if not 0 <= mode <= MAX_FILE_MODE:
+                raise ValueError(f"file_mode {value!r} is out of range: 0000 to 7777 (octal)")
             return mode
         return value
 
@@ -274,9 +285,14 @@ class _ConfigLoader(yaml.SafeLoader):
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     text = str(loader.construct_scalar(node)).replace("_", "")
-    if re.fullmatch(r"[-+]?0[0-7]+", text):
-        return int(text, 10)
-    return int(loader.construct_yaml_int(node))
+    try:
+        if re.fullmatch(r"[-+]?0[0-7]+", text):
+            return int(text, 10)
+        return int(loader.construct_yaml_int(node))
+    except ValueError:  # more digits than Python converts (4300): no config number is that long
+        raise yaml.constructor.ConstructorError(
+            None, None, f"integer with {len(text)} digits is out of range", node.start_mark
+        ) from None
 
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
@@ -288,14 +304,54 @@ def _resolved(entry: MechanismConfig, base_dir: Path) -> MechanismConfig:
     return resolve(base_dir) if callable(resolve) else entry
 
 
-def load_config(path: Path) -> ConfigBase:
-    """Read, parse and validate a config file; errors name the file, line or path."""
+def parse_size(text: str) -> int:
+    """``16MiB``, ``512KB``, ``1048576``: a size in bytes (KB, MB, GB are powers of 1024).
+
+    Raises ValueError unless the size lies between 1 byte and 1 GiB.
+    """
+    match = _SIZE_RE.fullmatch(text.strip())
+    if match is None or match[2].lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text[:40]!r} (use e.g. 16MiB, 512KiB or bytes)")
+    size = int(match[1]) * _SIZE_UNITS[match[2].lower()]
+    if not 1 <= size <= MAX_CONFIG_SIZE_LIMIT:
+        raise ValueError(f"size {text!r} is out of range: 1B to 1GiB")
+    return size
+
+
+def format_size(size: int) -> str:
+    """``16MiB``, ``1KiB``, ``100B``: the largest unit that divides ``size``."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def read_config_text(path: Path, *, max_size: int, what: str = "config file") -> str:
+    """A config file's text, refused before parsing when it exceeds ``max_size`` bytes.
+
+    Raises ConfigError naming the file: missing, unreadable, too large or not UTF-8.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(max_size + 1)  # never more: a huge file is refused unread
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
+        raise ConfigError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from exc
+    if len(data) > max_size:
+        raise ConfigError(
+            f"{path}: the {what} is larger than {format_size(max_size)} "
+            "(raise the limit with --config.max-size)"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from exc
+
+
+def load_config(path: Path, *, max_size: int = DEFAULT_MAX_CONFIG_SIZE) -> ConfigBase:
+    """Read, parse and validate a config file; errors name the file, line or path."""
+    text = read_config_text(path, max_size=max_size)
     try:
         data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader
     except yaml.YAMLError as exc:

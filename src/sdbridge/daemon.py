@@ -13,12 +13,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import metrics
 from .config import ConfigBase, GlobalConfig, JobConfigBase, load_config
 from .errors import ConfigError
 from .job import Job
+from .masking import mask_text
 
 log = logging.getLogger("sdbridge.daemon")
 
@@ -83,18 +84,21 @@ class Daemon:
         metrics.forget_job(name)
 
     async def reload(self) -> None:
-        """Re-read the config and apply it; raise ConfigError and keep running if invalid."""
+        """Re-read the config and apply it; raise ConfigError and keep running if invalid.
+
+        A failure of any kind (not only an invalid config) is counted, sets
+        ``sdbridge_config_last_reload_successful`` to 0 and raises ConfigError, so that
+        SIGHUP and ``/-/reload`` report it the same way.
+        """
         async with self._reload_lock:
             try:
                 new = await asyncio.to_thread(self._loader)
-            except ConfigError as exc:
-                metrics.CONFIG_RELOAD_SUCCESS.set(0)
-                metrics.CONFIG_RELOADS.labels(result="failure").inc()
-                self.last_reload_error = str(exc)
-                self.last_reload_error_time = time.time()
-                log.error("config reload failed, the running config stays: %s", exc)
-                raise
-            kept, restarted, removed, added = await self._apply(new)
+            except Exception as exc:
+                self._reload_failed(exc, "config reload failed, the running config stays")
+            try:
+                kept, restarted, removed, added = await self._apply(new)
+            except Exception as exc:
+                self._reload_failed(exc, "config reload failed while applying the new config")
             self.last_reload_error = None
             self.last_reload_error_time = None
             self.last_reload = time.time()
@@ -108,6 +112,19 @@ class Daemon:
                 removed,
                 added,
             )
+
+    def _reload_failed(self, exc: Exception, what: str) -> NoReturn:
+        """Count and record a failed reload, then raise it as a ConfigError."""
+        error = exc if isinstance(exc, ConfigError) else ConfigError(f"{type(exc).__name__}: {exc}")
+        metrics.CONFIG_RELOAD_SUCCESS.set(0)
+        metrics.CONFIG_RELOADS.labels(result="failure").inc()
+        self.last_reload_error = mask_text(str(error))
+        self.last_reload_error_time = time.time()
+        # An unexpected exception is a bug: its traceback goes to the log (masked there).
+        log.error("%s: %s", what, error, exc_info=None if error is exc else exc)
+        if error is exc:
+            raise error
+        raise error from exc
 
     async def _apply(self, new: ConfigBase) -> tuple[int, int, int, int]:
         """Apply ``new``: unchanged jobs keep their Job object and task untouched.

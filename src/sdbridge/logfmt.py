@@ -1,4 +1,8 @@
-"""Log output in logfmt (Prometheus's default) or JSON."""
+"""Log output in logfmt (Prometheus's default) or JSON.
+
+Both formatters mask secrets (:mod:`sdbridge.masking`) in the message, every field and
+the traceback: a backend's error may quote a URL with its password.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,21 @@ from typing import Any
 
 import orjson
 
+from .masking import mask_config, mask_text
+
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _RESERVED}
+    return {k: _masked(k, v) for k, v in vars(record).items() if k not in _RESERVED}
+
+
+def _masked(key: str, value: object) -> object:
+    if isinstance(value, str | dict | list):
+        return mask_config(value, key)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return mask_text(str(value))
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -34,11 +48,11 @@ def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str
         "ts": _timestamp(record),
         "level": record.levelname.lower(),
         "logger": record.name,
-        "msg": record.getMessage(),
+        "msg": mask_text(record.getMessage()),
         **_extras(record),
     }
     if record.exc_info:
-        fields["err"] = formatter.formatException(record.exc_info)
+        fields["err"] = mask_text(formatter.formatException(record.exc_info))
     return fields
 
 

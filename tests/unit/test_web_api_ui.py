@@ -12,8 +12,8 @@ from sdbridge.config import parse_config
 from sdbridge.daemon import Daemon
 from sdbridge.errors import BackendError
 from sdbridge.job import Job
+from sdbridge.masking import MASK, mask_config
 from sdbridge.web.app import create_app
-from sdbridge.web.status import MASK, mask_secrets
 from tests.unit.test_web_sd import client_for, make_daemon, snapshot_of, targets
 
 Client = TestClient[web.Request, web.Application]
@@ -157,7 +157,7 @@ async def test_secrets_are_masked_in_api_and_ui() -> None:
         await client.close()
 
 
-def test_mask_secrets() -> None:
+def test_mask_config() -> None:
     dumped = {
         "password": "p",
         "token_file": "/etc/token",
@@ -168,7 +168,7 @@ def test_mask_secrets() -> None:
         "empty_password": "",
         "port": 1,
     }
-    assert mask_secrets(dumped) == {
+    assert mask_config(dumped) == {
         "password": MASK,
         "token_file": MASK,
         "bearer_token": "**********",

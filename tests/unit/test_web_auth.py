@@ -13,6 +13,7 @@ import aiohttp
 import bcrypt
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from sdbridge.daemon import Daemon
 from sdbridge.errors import ConfigError
@@ -290,11 +291,14 @@ async def test_web_config_is_reread_on_config_reload(
             with pytest.raises(aiohttp.ClientConnectorCertificateError):
                 await status(tls_material, "new")
 
-            # An invalid web config is logged and the running one stays.
+            # An invalid web config fails the reload (counted); the running one stays.
             path.write_text("basic_auth_users:\n  alice: plaintext\n")
             with pytest.raises(ConfigError, match="not a bcrypt hash"):
                 server.reload_web_config()
-            await daemon.reload()  # logs, keeps serving
+            with pytest.raises(ConfigError, match="web config reload failed"):
+                await daemon.reload()
+            assert REGISTRY.get_sample_value("sdbridge_config_last_reload_successful") == 0
+            assert "not a bcrypt hash" in (daemon.last_reload_error or "")
             assert await status(rotated, "new") == 200
 
             # TLS cannot be switched off without a restart.

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from ..daemon import Daemon
 from ..errors import ConfigError
+from ..masking import mask_text
 from ..render import Snapshot
 from . import api, ui
 from .auth import BasicAuth
@@ -64,7 +65,7 @@ async def reload(request: web.Request) -> web.Response:
     try:
         await request.app[DAEMON_KEY].reload()
     except ConfigError as exc:
-        return web.Response(status=500, text=f"failed to reload config: {exc}\n")
+        return web.Response(status=500, text=f"failed to reload config: {mask_text(str(exc))}\n")
     return web.Response(text="config reloaded\n")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..config import DEFAULT_MAX_CONFIG_SIZE
 from ..daemon import Daemon
 from ..errors import ConfigError
 from .app import RouteHook, create_app
@@ -64,6 +65,7 @@ class Server:
     port: int
     web_config_file: Path | None = None
     _tls: _LiveTLS | None = None
+    max_config_size: int = DEFAULT_MAX_CONFIG_SIZE
 
     def reload_web_config(self) -> None:
         """Re-read the web config file: users, headers, certificate and key.
@@ -73,7 +75,7 @@ class Server:
         """
         if self.web_config_file is None:
             return
-        new = load_web_config(self.web_config_file)
+        new = load_web_config(self.web_config_file, max_size=self.max_config_size)
         if (new.ssl_context is None) != (self._tls is None):
             raise ConfigError(
                 f"{self.web_config_file}: turning TLS on or off needs a restart of sdbridge"
@@ -88,13 +90,15 @@ class Server:
         self.settings = new
 
     def _reload_after_config_reload(self, _: Daemon) -> None:
+        # A failure fails the reload: the daemon logs and counts it.
         try:
             self.reload_web_config()
         except ConfigError as exc:
-            log.error("web config reload failed, the running web config stays: %s", exc)
-        else:
-            if self.web_config_file is not None:
-                log.info("web config reloaded from %s", self.web_config_file)
+            raise ConfigError(
+                f"web config reload failed, the running web config stays: {exc}", errors=exc.errors
+            ) from None
+        if self.web_config_file is not None:
+            log.info("web config reloaded from %s", self.web_config_file)
 
     @property
     def url(self) -> str:
@@ -113,12 +117,13 @@ async def start_server(
     web_config_file: Path | None = None,
     *,
     route_hooks: Iterable[RouteHook] = (),
+    max_config_size: int = DEFAULT_MAX_CONFIG_SIZE,
 ) -> Server:
     """Serve ``daemon``'s web app on ``listen_address`` (port 0 picks a free port).
 
     Raises ConfigError for a malformed web config or an address that cannot be bound.
     """
-    settings = load_web_config(web_config_file)
+    settings = load_web_config(web_config_file, max_size=max_config_size)
     host, port = parse_listen_address(listen_address)
     app = create_app(daemon, settings=settings, route_hooks=route_hooks)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -138,7 +143,7 @@ async def start_server(
         raise ConfigError(f"cannot listen on {listen_address}: {exc.strerror or exc}") from exc
     bound = _bound_port(runner, port)
     tls = _LiveTLS(settings.ssl_context) if settings.ssl_context is not None else None
-    server = Server(runner, settings, host, bound, web_config_file, tls)
+    server = Server(runner, settings, host, bound, web_config_file, tls, max_config_size)
     # The web config is re-read with every successful config reload (SIGHUP, /-/reload).
     daemon.on_jobs_changed.append(server._reload_after_config_reload)
     auth = f", basic auth for {len(settings.users)} user(s)" if settings.users else ""

@@ -1,43 +1,25 @@
 """What the API and the UI show of jobs: state, errors, masked configs, target pages.
 
 Both read the same dictionaries, so the UI never shows anything the API does not.
-Configs are dumped in pydantic's JSON mode, which masks ``SecretStr``; on top of
-that, values under secret-looking keys and passwords inside URLs are masked, in case a
-plugin forgot to declare a secret.
+Configs are dumped in pydantic's JSON mode, which masks ``SecretStr``; on top of that,
+configs and every error message pass through :mod:`sdbridge.masking` (URL userinfo,
+secret-looking keys, env values and command arguments), in case a plugin forgot to
+declare a secret or a backend's error quotes a URL with its password.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..daemon import Daemon
 from ..job import Job
+from ..masking import mask_config, mask_text
 from ..model import ADDRESS_LABEL, LabelSet
 from ..render import Snapshot
 
-MASK = "<secret>"
-_SECRET_KEY_RE = re.compile(
-    r"(password|passwd|secret|token|credential|api_?key|authorization|private_?key)", re.I
-)
-_URL_PASSWORD_RE = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*(?P<tail>@)", re.I)
-
 MAX_PER_PAGE = 1000
 DEFAULT_PER_PAGE = 100
-
-
-def mask_secrets(value: Any, key: str = "") -> Any:
-    """A copy of a dumped config with secret-looking values masked."""
-    if isinstance(value, dict):
-        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str):
-        if key and _SECRET_KEY_RE.search(key) and value and set(value) != {"*"}:
-            return MASK
-        return _URL_PASSWORD_RE.sub(rf"\g<head>{MASK}\g<tail>", value)
-    return value
 
 
 def job_state(status: dict[str, Any]) -> str:
@@ -72,7 +54,10 @@ def job_summary(job: Job) -> dict[str, Any]:
         (m["last_success"] for m in status["mechanisms"] if m["last_success"]), default=None
     )
     for m in status["mechanisms"]:
-        m["config"] = mask_secrets(m["config"])
+        m["config"] = mask_config(m["config"])
+        m["last_error"] = m["last_error"] and mask_text(m["last_error"])
+    for output in status["outputs"]:
+        output["last_error"] = output["last_error"] and mask_text(output["last_error"])
     return {
         **status,
         "state": job_state(status),
@@ -88,7 +73,7 @@ def config_status(daemon: Daemon) -> dict[str, Any]:
         "path": str(daemon.config_path) if daemon.config_path else None,
         "last_reload": daemon.last_reload,
         "last_reload_successful": daemon.last_reload_error is None,
-        "last_reload_error": daemon.last_reload_error,
+        "last_reload_error": daemon.last_reload_error and mask_text(daemon.last_reload_error),
         "ready": daemon.ready,
     }
 

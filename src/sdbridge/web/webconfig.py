@@ -28,7 +28,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import format_location
+from ..config import DEFAULT_MAX_CONFIG_SIZE, format_location, read_config_text
 from ..errors import ConfigError
 
 _TLS_VERSIONS = {
@@ -110,7 +110,7 @@ class WebSettings:
 NO_WEB_CONFIG = WebSettings(WebConfigFile(), None)
 
 
-def load_web_config(path: Path | None) -> WebSettings:
+def load_web_config(path: Path | None, *, max_size: int = DEFAULT_MAX_CONFIG_SIZE) -> WebSettings:
     """Read and check a web config file; None means plain HTTP without auth.
 
     Raises ConfigError naming the file and key on any problem.
@@ -118,17 +118,16 @@ def load_web_config(path: Path | None) -> WebSettings:
     if path is None:
         return NO_WEB_CONFIG
     origin = str(path)
+    text = read_config_text(path, max_size=max_size, what="web config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{origin}: web config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{origin}: cannot read web config file: {exc}") from exc
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{origin}: invalid YAML: {where}{problem}") from None
+    except ValueError:  # an integer longer than Python converts (4300 digits)
+        raise ConfigError(f"{origin}: invalid YAML: an integer is out of range") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -104,7 +104,7 @@ class EtcdSDConfig(RefreshConfig):
     tls_config: TLSConfig | None = None
     dial_timeout: Duration = Field(5.0, description="timeout to connect to an endpoint")
     request_timeout: Duration = Field(30.0, description="timeout of one range request")
-    page_size: int = Field(10_000, ge=1, description="keys per range request")
+    page_size: int = Field(10_000, ge=1, le=1_000_000, description="keys per range request")
     watch: bool = Field(True, description="watch for changes; false: poll refresh_interval")
     refresh_interval: Duration = Field(30.0, description="poll interval when watch is false")
 
