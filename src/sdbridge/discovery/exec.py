@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from ..durations import Duration
 from ..errors import DiscoveryError, InvalidTargetError
+from ..masking import mask_argv
 from ..model import TargetGroup, parse_file_sd
 from . import register
 from .base import RefreshConfig, RefreshDiscoverer, resolve_path
@@ -70,7 +71,7 @@ class ExecDiscoverer(RefreshDiscoverer[ExecSDConfig]):
     async def refresh(self) -> list[TargetGroup]:
         """Run the command once and parse its output."""
         cfg = self.config
-        shown = shlex.join(cfg.command)
+        shown = shlex.join(mask_argv(cfg.command))  # errors and logs never show secrets
         self.context.count_request()  # the command is this mechanism's backend
         try:
             proc = await asyncio.create_subprocess_exec(
