@@ -73,6 +73,18 @@ class WebConfig(StrictModel):
 
     listen_address: str | None = None
 
+    @field_validator("listen_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _, sep, port = value.rpartition(":")
+        if not sep or not (port.isascii() and port.isdigit()):
+            raise ValueError(f"{value[:80]!r} must be host:port, e.g. 127.0.0.1:9099")
+        if len(port) > 5 or int(port) > 65535:
+            raise ValueError(f"port {port[:10]} is out of range: 0 to 65535 (0 picks a free port)")
+        return value
+
 
 class GuardConfig(StrictModel):
     """Mass-deletion protection: hold back an update that drops too many targets."""

@@ -274,3 +274,51 @@ def test_once_gives_up_after_its_timeout(workdir: Path) -> None:
     assert (
         not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
     )
+
+
+HUGE = "1" + "0" * 400
+
+
+def test_check_with_huge_numbers_gives_a_clean_error(workdir: Path) -> None:
+    config = write_config(
+        workdir,
+        f"""\
+          - name: a
+            exec_sd_configs: [{{command: [./good.sh], refresh_interval: {HUGE}s}}]
+            output: {{file: out/a.json, file_mode: {HUGE}}}
+        """,
+    )
+    config.write_text(f"registry: {{default_ttl: {HUGE}s}}\n" + config.read_text())
+    result = sdbridge("check", str(config))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "jobs[0].exec_sd_configs[0].refresh_interval: duration" in result.stderr
+    assert "out of range (at most 292y)" in result.stderr
+    assert "jobs[0].output.file_mode: file_mode" in result.stderr
+    assert "registry.default_ttl" in result.stderr
+
+
+def test_sighup_with_huge_numbers_fails_cleanly_and_is_counted(workdir: Path) -> None:
+    config = write_config(workdir, GOOD_JOBS)
+    run = Running(config)
+    try:
+        run.wait_ready()
+        config.write_text(
+            config.read_text().replace("[./good.sh]}", f"[./good.sh], refresh_interval: {HUGE}s}}")
+        )
+        assert HUGE in config.read_text()
+        run.process.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config reload failed" in run.log(), what="the reload error")
+        metrics = run.get("/metrics").decode()
+        assert "sdbridge_config_last_reload_successful 0.0" in metrics
+        assert 'sdbridge_config_reloads_total{result="failure"} 1.0' in metrics
+        assert json.loads(run.get("/sd/good")) == [
+            {"labels": {"env": "dev"}, "targets": ["127.0.0.1:9100"]}
+        ]
+        assert run.stop_with(signal.SIGTERM) == 0
+    finally:
+        run.process.stop()
+    log = run.log()
+    assert "Traceback" not in log
+    assert "never retrieved" not in log
+    assert "out of range (at most 292y)" in log

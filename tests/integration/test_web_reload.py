@@ -272,3 +272,28 @@ async def test_a_target_change_reaches_http_sd(setup: Setup) -> None:
     assert [g["targets"] for g in json.loads(body)] == [["127.0.0.1:9100"], ["127.0.0.3:9100"]]
     assert status == 200
     assert first != body
+
+
+async def test_reload_with_huge_numbers_answers_500_and_is_counted(setup: Setup) -> None:
+    """Issue 12 item 4: a 400-digit number answered 500 with the metric left at 1."""
+    huge = "1" + "0" * 400
+    setup.targets("a", ["127.0.0.1:9100"])
+    setup.write([setup.job("a")])
+    await setup.start()
+    await eventually(lambda: ready(setup), "ready")
+    for bad in (
+        [setup.job("a", refresh_interval=f"{huge}s")],
+        [{**setup.job("a"), "output": {"file": "a.json", "file_mode": int(huge)}}],
+    ):
+        setup.write(bad)
+        status, text = await post(f"{setup.url}/-/reload")
+        assert status == 500
+        assert "out of range" in text
+        assert len(text) < 1000
+        _, metrics_text = await get(f"{setup.url}/metrics")
+        assert value(scrape(metrics_text.decode()), "sdbridge_config_last_reload_successful") == 0
+    setup.config_path.write_text(f"registry: {{default_ttl: {huge}s}}\n")
+    status, text = await post(f"{setup.url}/-/reload")
+    assert (status, "registry.default_ttl" in text) == (500, True)
+    assert setup.daemon is not None
+    assert set(setup.daemon.jobs) == {"a"}

@@ -33,8 +33,11 @@ LISTEN_BACKLOG = 1024
 def parse_listen_address(address: str) -> tuple[str, int]:
     """Split ``host:port`` (``[::1]:9099`` for IPv6; an empty host means all addresses)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"--web.listen-address {address!r} must be host:port")
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
+        raise ConfigError(
+            f"--web.listen-address {address!r} must be host:port with a port in 0..65535 "
+            "(0 picks a free port)"
+        )
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
