@@ -23,7 +23,14 @@ from .discovery import mechanisms
 from .discovery.base import Backoff, Discoverer, DiscoveryContext, MechanismConfig, wait_event
 from .errors import DiscoveryError, InvalidTargetError
 from .guard import Guard
-from .model import ADDRESS_LABEL, LabelSet, TargetGroup, is_valid_address, is_valid_label_name
+from .model import (
+    ADDRESS_LABEL,
+    LabelSet,
+    TargetGroup,
+    is_valid_address,
+    is_valid_label_name,
+    target_problem,
+)
 from .outputs import Output, SnapshotWriter
 from .outputs.file import FileOutput
 from .relabel import Rule, compile_rules, process
@@ -38,6 +45,10 @@ RenderedGroups = list[tuple[GroupKey, list[Entry] | None]]
 
 # Updates bigger than this are rendered off the event loop, so the API stays responsive.
 _RENDER_IN_THREAD_ABOVE = 2000
+
+
+STRICT_MECHANISMS = frozenset({"registry", "exec"})
+"""Built-in mechanisms whose targets sdbridge owns; plugins are strict too."""
 
 
 class MechanismRunner:
@@ -55,8 +66,14 @@ class MechanismRunner:
         # Set by the job when it has merged this mechanism's first full set; the
         # mechanism's own status.synced is set before that send reaches the job.
         self.received = False
+        mechanism = mechanisms()[name]
+        # sdbridge's own sources (its registry, exec, plugins) are checked strictly; the
+        # others publish what Prometheus would discover (see model.target_problem).
+        self.strict_targets = (
+            name in STRICT_MECHANISMS or not mechanism.factory.__module__.startswith("sdbridge.")
+        )
         try:
-            self.discoverer: Discoverer = mechanisms()[name].factory(config, self.context)
+            self.discoverer: Discoverer = mechanism.factory(config, self.context)
         except Exception as exc:
             # A plugin whose constructor fails: its job runs on, this mechanism reports.
             self.discoverer = _Failing(exc)
@@ -333,6 +350,10 @@ class Job:
                 runner.context.record_invalid(f"{runner.label} source {source!r}", problem)
                 return None
             labels = relabeled
+        problem = target_problem(labels, strict=runner.strict_targets)
+        if problem:
+            runner.context.record_invalid(f"{runner.label} source {source!r}", problem)
+            return None
         return make_entry(labels)
 
     async def _publish_loop(self) -> None:

@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 MASK = "<secret>"
+_PYDANTIC_SECRET = "**********"  # how pydantic dumps a SecretStr
 SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "apikey", "api_key")
 
 _NAME_CHARS = r"[A-Za-z0-9_.-]"
@@ -128,7 +129,7 @@ def mask_config(value: Any, key: str = "") -> Any:
             return mask_argv(value)
         return [mask_config(v, key) for v in value]
     if isinstance(value, str):
-        if key and is_secret_name(key) and value and set(value) != {"*"}:
+        if key and is_secret_name(key) and value and value != _PYDANTIC_SECRET:
             return MASK
         return mask_text(value)
     return value

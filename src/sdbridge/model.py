@@ -3,18 +3,35 @@
 A :class:`TargetGroup` is what a mechanism sends: a ``source`` unique within its
 discoverer, a list of targets (label sets, each with ``__address__``) and labels
 common to all of them. A target's own labels override the group's labels.
+
+Targets are checked at two strengths (:func:`target_problem`). Every mechanism's
+targets must be scrapable by Prometheus (``__scheme__`` http or https, scrape interval
+and timeout that are durations, ...): a mechanism with a Prometheus twin publishes what
+Prometheus discovers, minus what Prometheus itself could not scrape. The sources
+sdbridge owns (its registry, exec, plugins) are checked strictly: the address must be
+a plain ``host:port`` (:func:`address_problem`) and reserved labels well-formed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .durations import parse_duration
 from .errors import InvalidTargetError
 
 ADDRESS_LABEL = "__address__"
+SCHEME_LABEL = "__scheme__"
+SCRAPE_INTERVAL_LABEL = "__scrape_interval__"
+SCRAPE_TIMEOUT_LABEL = "__scrape_timeout__"
+PARAM_LABEL_PREFIX = "__param_"
+SCHEMES = ("http", "https")
+# Strict checks: an interval this short is below any scrape timeout a job is likely to
+# have, and Prometheus refuses a target whose timeout exceeds its interval.
+MIN_STRICT_SCRAPE_INTERVAL = 1.0
 LabelSet = dict[str, str]
 
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -57,6 +74,111 @@ def is_valid_address(address: str) -> bool:
     """Return whether ``address`` is a ``host:port`` with a port in 1..65535."""
     match = _ADDRESS_RE.fullmatch(address)
     return match is not None and 0 < int(match["port"]) <= 65535
+
+
+# A DNS name or IPv4 address: no userinfo ("@"), path, query or fragment, spaces or
+# control characters; IPv6 goes in brackets.
+_HOST_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
+_NUMERIC_HOST_RE = re.compile(r"[0-9.]+")
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` is not a plain ``host:port`` (strict), or None if it is one.
+
+    The host is a DNS name, an IPv4 address or a bracketed IPv6 address that parses;
+    the port is 1..65535. No userinfo, ``/ ? #``, spaces or control characters.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        return "must be host:port"
+    if not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) <= 65535:
+        return f"port {port[:10]!r} must be 1..65535"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host[:80]!r} is not a valid IPv6 address"
+        return None
+    if _HOST_RE.fullmatch(host) is None:
+        return (
+            "the host must be a DNS name, an IPv4 address or a bracketed IPv6 address "
+            "(letters, digits, '.', '-', '_'; no user info, path or control characters)"
+        )
+    if _NUMERIC_HOST_RE.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} is not a valid IPv4 address"
+    return None
+
+
+def _duration_label(labels: Mapping[str, str], name: str) -> float | str | None:
+    """The label's duration in seconds, None when unset, or the problem with it."""
+    text = labels.get(name)
+    if not text:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        return f"{name} {text[:40]!r}: {exc}"
+    if seconds <= 0:
+        return f"{name} must be greater than 0"
+    return seconds
+
+
+def reserved_label_problem(
+    labels: Mapping[str, str], *, strict: bool = False
+) -> tuple[str, str] | None:
+    """(label name, problem) for a reserved label Prometheus cannot scrape with, or None.
+
+    ``__scheme__`` must be http or https; ``__scrape_interval__`` and
+    ``__scrape_timeout__`` positive durations, the timeout not above the interval.
+    ``strict`` (sdbridge's own sources) also refuses a ``__param_`` without a name and
+    an interval under 1s without its own timeout.
+    """
+    scheme = labels.get(SCHEME_LABEL)
+    if scheme and scheme not in SCHEMES:
+        return SCHEME_LABEL, f"{SCHEME_LABEL} {scheme[:40]!r} must be http or https"
+    interval = _duration_label(labels, SCRAPE_INTERVAL_LABEL)
+    if isinstance(interval, str):
+        return SCRAPE_INTERVAL_LABEL, interval
+    timeout = _duration_label(labels, SCRAPE_TIMEOUT_LABEL)
+    if isinstance(timeout, str):
+        return SCRAPE_TIMEOUT_LABEL, timeout
+    if interval is not None and timeout is not None and timeout > interval:
+        return (
+            SCRAPE_TIMEOUT_LABEL,
+            f"{SCRAPE_TIMEOUT_LABEL} must not exceed {SCRAPE_INTERVAL_LABEL}",
+        )
+    if strict:
+        if PARAM_LABEL_PREFIX in labels:
+            return PARAM_LABEL_PREFIX, f"{PARAM_LABEL_PREFIX}<name> needs a parameter name"
+        if interval is not None and interval < MIN_STRICT_SCRAPE_INTERVAL and timeout is None:
+            return SCRAPE_INTERVAL_LABEL, (
+                f"{SCRAPE_INTERVAL_LABEL} under 1s needs its own {SCRAPE_TIMEOUT_LABEL} "
+                "(Prometheus refuses a target whose scrape timeout exceeds its interval)"
+            )
+    return None
+
+
+def target_problem(labels: Mapping[str, str], *, strict: bool = False) -> str | None:
+    """Why a target (its final labels) must not be published, or None if it may be.
+
+    Every target needs a ``host:port`` ``__address__`` and reserved labels Prometheus can
+    scrape with; ``strict`` applies the rules for sdbridge's own sources (registry, exec,
+    plugins): :func:`address_problem` and :func:`reserved_label_problem`'s strict rules.
+    """
+    address = labels.get(ADDRESS_LABEL)
+    if not address:
+        return f"no {ADDRESS_LABEL}"
+    if strict:
+        problem = address_problem(address)
+        if problem is not None:
+            return f"{ADDRESS_LABEL} {address[:100]!r}: {problem}"
+    elif not is_valid_address(address):
+        return f"{ADDRESS_LABEL} {address[:100]!r} is not host:port"
+    reserved = reserved_label_problem(labels, strict=strict)
+    return reserved[1] if reserved is not None else None
 
 
 def _check_labels(labels: Mapping[Any, Any], where: str) -> None:

@@ -42,7 +42,12 @@ from .. import metrics
 from ..discovery.base import wait_event
 from ..durations import format_duration, parse_duration
 from ..errors import BackendError, SdbridgeError
-from ..model import is_valid_address, is_valid_label_name
+from ..model import (
+    address_problem,
+    is_valid_address,
+    is_valid_label_name,
+    reserved_label_problem,
+)
 
 log = logging.getLogger("sdbridge.registry")
 
@@ -165,11 +170,14 @@ def check_address(address: object) -> str:
         raise RegistrationError(
             '"address" is required and must be a "host:port" string', field="address"
         )
-    if len(address) > MAX_ADDRESS or not is_valid_address(address):
+    problem = "longer than 255 characters" if len(address) > MAX_ADDRESS else None
+    if problem is None and not is_valid_address(address):
+        problem = "must be host:port with a port in 1-65535 (IPv6 as [::1]:9100)"
+    if problem is None:
+        problem = address_problem(address)
+    if problem is not None:
         raise RegistrationError(
-            f"invalid address {address[:MAX_ADDRESS]!r}: must be host:port with a port in "
-            "1-65535 (IPv6 as [::1]:9100)",
-            field="address",
+            f"invalid address {address[:MAX_ADDRESS]!r}: {problem}", field="address"
         )
     return address
 
@@ -209,6 +217,9 @@ def check_labels(labels: object) -> dict[str, str]:
             raise RegistrationError(
                 f"label {name} is longer than {MAX_LABEL_VALUE} characters", field=f"labels.{name}"
             )
+    reserved = reserved_label_problem(labels, strict=True)
+    if reserved is not None:
+        raise RegistrationError(reserved[1], field=f"labels.{reserved[0]}")
     return dict(labels)
 
 
