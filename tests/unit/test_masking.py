@@ -166,6 +166,15 @@ def _log_text(records: list[logging.LogRecord]) -> str:
     return "\n".join(lines)
 
 
+async def _first_error(daemon: Daemon, job: str) -> None:
+    """Wait until the job's first mechanism has failed once (it cannot succeed)."""
+    for _ in range(400):
+        if daemon.jobs[job].status()["mechanisms"][0]["last_error"]:
+            return
+        await asyncio.sleep(0.025)
+    pytest.fail(f"job {job} never failed")
+
+
 async def _get_all(client: TestClient, paths: list[str]) -> str:  # type: ignore[type-arg]
     texts = [await (await client.get(p)).text() for p in paths]
     return "\n".join(texts)
@@ -197,10 +206,7 @@ async def test_etcd_endpoint_password_is_masked_everywhere(
     daemon.start()
     client = await client_for(create_app(daemon))
     try:
-        for _ in range(400):
-            if daemon.jobs["e"].status()["mechanisms"][0]["last_error"]:
-                break
-            await asyncio.sleep(0.025)
+        await _first_error(daemon, "e")
         # The leak exists underneath: the mechanism's own error quotes the URL.
         assert PASSWORD in daemon.jobs["e"].status()["mechanisms"][0]["last_error"]
         body = (await (await client.get("/api/v1/jobs")).json())["data"]["jobs"][0]
@@ -297,10 +303,7 @@ async def test_exec_env_and_arguments_are_masked_in_api_ui_and_log(
     daemon.start()
     client = await client_for(create_app(daemon))
     try:
-        for _ in range(400):
-            if daemon.jobs["x"].status()["mechanisms"][0]["last_error"]:
-                break
-            await asyncio.sleep(0.025)
+        await _first_error(daemon, "x")
         data = (await (await client.get("/api/v1/jobs/x")).json())["data"]
         mechanism = data["mechanisms"][0]
         assert mechanism["config"]["env"] == {"SERVICE_AUTH": MASK, "REGION": "eu"}
