@@ -17,10 +17,7 @@ Mechanisms wrap their client library's exceptions at the boundary with
 
 from __future__ import annotations
 
-import re
-
-# ``scheme://user:password@host``: the userinfo goes, whatever it holds.
-_URL_USERINFO_RE = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.I)
+from .masking import strip_userinfo
 
 
 class SdbridgeError(Exception):
@@ -52,8 +49,12 @@ class OutputError(SdbridgeError):
 
 
 def redact_url(text: str) -> str:
-    """``text`` with the userinfo (``user:password@``) of every URL in it removed."""
-    return _URL_USERINFO_RE.sub(r"\g<scheme>", text)
+    """``text`` with the userinfo (``user:password@``) of every URL in it removed.
+
+    The same rule as the masking of every output (:mod:`sdbridge.masking`), which keeps
+    the user name and masks the password instead.
+    """
+    return strip_userinfo(text)
 
 
 def describe(error: BaseException) -> str:

@@ -84,6 +84,14 @@ def _quoted(match: re.Match[str]) -> str:
     return f"{match['name']}{match['sep']}{quote}{MASK}{quote}"
 
 
+def strip_userinfo(text: str) -> str:
+    """``text`` with the whole userinfo of every URL removed: ``http://u:p@h/`` → ``http://h/``.
+
+    For the places that name a URL in their own messages (an endpoint, a token URL).
+    """
+    return _URL_USERINFO_RE.sub(lambda m: m["scheme"], text) if "@" in text else text
+
+
 def mask_text(text: str) -> str:
     """``text`` with URL userinfo and values of secret-looking names replaced by ``<secret>``."""
     if "@" in text:

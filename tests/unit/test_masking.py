@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sdbridge.cli import main
 from sdbridge.config import load_config, parse_config
 from sdbridge.daemon import Daemon
+from sdbridge.errors import redact_url
 from sdbridge.logfmt import JsonFormatter, LogfmtFormatter
 from sdbridge.masking import MASK, is_secret_name, mask_argv, mask_config, mask_text
 from sdbridge.web.app import create_app
@@ -76,6 +77,12 @@ def test_secret_names(name: str) -> None:
 @pytest.mark.parametrize("name", ["REGION", "MONKEY", "keys", "author", "oauth2", "path"])
 def test_names_that_are_not_secret(name: str) -> None:
     assert not is_secret_name(name)
+
+
+def test_redact_url_strips_userinfo_with_the_same_rule() -> None:
+    assert redact_url("GET http://u:p@ss@h:1/x and https://tok@h2/") == (
+        "GET http://h:1/x and https://h2/"
+    )
 
 
 def test_mask_argv() -> None:
@@ -207,14 +214,23 @@ async def test_etcd_endpoint_password_is_masked_everywhere(
     client = await client_for(create_app(daemon))
     try:
         await _first_error(daemon, "e")
-        # The leak exists underneath: the mechanism's own error quotes the URL.
-        assert PASSWORD in daemon.jobs["e"].status()["mechanisms"][0]["last_error"]
+        # The HTTP layer now leaves userinfo out of its own errors; nothing shows it.
+        shown = await _get_all(client, ["/api/v1/jobs", "/api/v1/jobs/e", "/", "/jobs/e"])
+        assert PASSWORD not in shown
+        assert PASSWORD not in _log_text(caplog.records)
+
+        # Any error that still quotes the URL (a plugin's, a client library's) is masked.
+        # (describe() strips userinfo, so the message is set as a plugin's status could be.)
+        status = daemon.jobs["e"].runners[0].context.status
+        status.last_error = f"etcd http://user:{PASSWORD}@127.0.0.1:2/v3/kv/range: refused"
+        logging.getLogger("sdbridge.discovery.etcd").error("failed: %s", status.last_error)
         body = (await (await client.get("/api/v1/jobs")).json())["data"]["jobs"][0]
         assert f"user:{MASK}@127.0.0.1:2" in body["mechanisms"][0]["last_error"]
         assert f"user:{MASK}@127.0.0.1:2" in body["errors"][0]
         shown = await _get_all(client, ["/api/v1/jobs", "/api/v1/jobs/e", "/", "/jobs/e"])
         assert PASSWORD not in shown
-        assert PASSWORD in "".join(r.getMessage() for r in caplog.records)  # leaked before
+        assert f"user:{MASK}@127.0.0.1:2" in shown
+        assert PASSWORD in "".join(r.getMessage() for r in caplog.records)  # the raw record
         log = _log_text(caplog.records)
         assert f"user:{MASK}@127.0.0.1:2" in log
         assert PASSWORD not in log
