@@ -19,8 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from sdbridge import discovery
 from sdbridge.config import parse_config
-from sdbridge.job import Job
+from sdbridge.discovery.exec import ExecSDConfig
+from sdbridge.job import Job, MechanismRunner
 from sdbridge.model import address_problem, reserved_label_problem, target_problem
 from sdbridge.registry.api import registry_routes
 from sdbridge.web.app import create_app
@@ -226,3 +228,22 @@ def test_which_mechanisms_are_strict(tmp_path: Path) -> None:
         "exec": True,
         "registry": True,
     }
+
+
+class _PluginDiscoverer:
+    """Stands for a third-party mechanism: its module is not under ``sdbridge.``."""
+
+    def __init__(self, config: object, context: object) -> None:
+        pass
+
+    async def run(self, send: object) -> None:
+        """Never sends."""
+
+
+def test_plugins_are_strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    discovery.mechanisms()  # load the built-ins first
+    mechanism = discovery.Mechanism("someplugin", ExecSDConfig, _PluginDiscoverer)
+    monkeypatch.setitem(discovery.MECHANISMS, "someplugin", mechanism)
+    config = ExecSDConfig(command=["true"])
+    global_config = parse_config({}).global_
+    assert MechanismRunner("j", 0, "someplugin", config, global_config).strict_targets
