@@ -29,6 +29,7 @@ from .model import (
     TargetGroup,
     is_valid_address,
     is_valid_label_name,
+    reserved_label_problem,
     target_problem,
 )
 from .outputs import Output, SnapshotWriter
@@ -350,7 +351,12 @@ class Job:
                 runner.context.record_invalid(f"{runner.label} source {source!r}", problem)
                 return None
             labels = relabeled
-        problem = target_problem(labels, strict=runner.strict_targets)
+        # The address was checked as host:port already (by TargetGroup or after relabeling).
+        if runner.strict_targets:
+            problem = target_problem(labels, strict=True)
+        else:
+            reserved = reserved_label_problem(labels)
+            problem = reserved[1] if reserved is not None else None
         if problem:
             runner.context.record_invalid(f"{runner.label} source {source!r}", problem)
             return None

@@ -80,6 +80,9 @@ def is_valid_address(address: str) -> bool:
 # control characters; IPv6 goes in brackets.
 _HOST_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 _NUMERIC_HOST_RE = re.compile(r"[0-9.]+")
+_IPV4_RE = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
 
 
 def address_problem(address: str) -> str | None:
@@ -104,11 +107,8 @@ def address_problem(address: str) -> str | None:
             "the host must be a DNS name, an IPv4 address or a bracketed IPv6 address "
             "(letters, digits, '.', '-', '_'; no user info, path or control characters)"
         )
-    if _NUMERIC_HOST_RE.fullmatch(host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            return f"{host!r} is not a valid IPv4 address"
+    if _NUMERIC_HOST_RE.fullmatch(host) and _IPV4_RE.fullmatch(host) is None:
+        return f"{host!r} is not a valid IPv4 address"
     return None
 
 
@@ -137,6 +137,8 @@ def reserved_label_problem(
     an interval under 1s without its own timeout.
     """
     scheme = labels.get(SCHEME_LABEL)
+    if not (scheme or strict or SCRAPE_INTERVAL_LABEL in labels or SCRAPE_TIMEOUT_LABEL in labels):
+        return None  # the common case, once per target: keep it cheap
     if scheme and scheme not in SCHEMES:
         return SCHEME_LABEL, f"{SCHEME_LABEL} {scheme[:40]!r} must be http or https"
     interval = _duration_label(labels, SCRAPE_INTERVAL_LABEL)
