@@ -61,7 +61,11 @@ _QUOTED_ITEM_RE = re.compile(
     r"""(?P<value>"[^"]*"|'[^']*')""",
     re.IGNORECASE,
 )
-_BEARER_RE = re.compile(r"(?P<name>\b(?:Bearer|Basic))(?P<sep>\s+)(?P<value>[^\s'\",;]+)")
+# "Bearer <token>", "Basic <base64>" (not "Basic auth ...": base64 of 8 characters or more).
+_BEARER_RE = re.compile(
+    r"(?P<name>\b(?:Bearer|bearer|BEARER))(?P<sep>\s+)(?P<value>[^\s'\",;]+)"
+    r"|(?P<name2>\b(?:Basic|basic|BASIC))(?P<sep2>\s+)(?P<value2>[A-Za-z0-9+/]{8,}={0,2})(?![^\s'\",;])"
+)
 
 
 def is_secret_name(name: str) -> bool:
@@ -77,6 +81,12 @@ def _userinfo(match: re.Match[str]) -> str:
 
 def _named(match: re.Match[str]) -> str:
     return f"{match['name']}{match['sep']}{MASK}"
+
+
+def _credential(match: re.Match[str]) -> str:
+    if match["name"] is not None:
+        return f"{match['name']}{match['sep']}{MASK}"
+    return f"{match['name2']}{match['sep2']}{MASK}"
 
 
 def _quoted(match: re.Match[str]) -> str:
@@ -100,7 +110,7 @@ def mask_text(text: str) -> str:
     text = _SHELL_QUOTED_RE.sub(lambda m: f"{_named(m)}'", text)
     text = _ASSIGNMENT_RE.sub(_named, text)
     text = _FLAG_RE.sub(_named, text)
-    return _BEARER_RE.sub(_named, text)
+    return _BEARER_RE.sub(_credential, text)
 
 
 def mask_argv(argv: list[str]) -> list[str]:

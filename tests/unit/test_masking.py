@@ -53,6 +53,8 @@ PASSWORD = "PASSWORD-7f3a"
         ("{'password': 'hunter2', 'user': 'x'}", f"{{'password': '{MASK}', 'user': 'x'}}"),
         ('{"client_secret": "s3"}', f'{{"client_secret": "{MASK}"}}'),
         ("Authorization: Bearer abc.def", f"Authorization: Bearer {MASK}"),
+        ("Authorization: Basic dXNlcjpwYXNz", f"Authorization: Basic {MASK}"),
+        ("Basic auth for 2 user(s)", "Basic auth for 2 user(s)"),
         # The value runs to the next space: hiding "&page=2" too beats leaking a tail.
         ("GET /x?access_token=abc&page=2 HTTP/1.1", f"GET /x?access_token={MASK} HTTP/1.1"),
         ("monkey=banana keys=2", "monkey=banana keys=2"),
