@@ -167,6 +167,14 @@ class ZookeeperSDConfig(RefreshConfig):
     digest_auth: ZookeeperDigestAuth | None = None
     tls_config: ZookeeperTLSConfig | None = None
 
+    @field_validator("timeout")
+    @classmethod
+    def _session_timeout(cls, value: float) -> float:
+        # The protocol carries it as an int32 of milliseconds.
+        if not 0 < value <= 2**31 // 1000:
+            raise ValueError("timeout must be greater than 0 and at most 24d")
+        return value
+
     @field_validator("servers")
     @classmethod
     def _servers(cls, value: list[str]) -> list[str]:
