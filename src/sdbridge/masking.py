@@ -11,8 +11,10 @@ fields; this catches what a config or an error message carries in plain text:
   and ``--name=value`` / ``--name value`` command arguments, ``"name": "value"`` items,
   and ``Bearer`` credentials.
 
-A name looks secret when it contains one of :data:`SECRET_WORDS` (any case), or the
-word ``key`` or ``auth`` on its own (``API_KEY``, ``x-auth``, but not ``monkey``).
+A name looks secret when it contains ``password``, ``passwd``, ``secret``, ``token``,
+``credential``, ``api_key``/``apikey``, ``private_key``, ``access_key`` or
+``authorization`` (any case), or the word ``key``, ``auth`` or ``pwd`` on its own
+(``API_KEY``, ``x-auth``, ``MYSQL_PWD``, but not ``monkey`` or ``author``).
 Masking errs on the side of hiding: a harmless value under such a name is hidden too.
 """
 
@@ -23,7 +25,6 @@ from typing import Any
 
 MASK = "<secret>"
 _PYDANTIC_SECRET = "**********"  # how pydantic dumps a SecretStr
-SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "apikey", "api_key")
 
 _NAME_CHARS = r"[A-Za-z0-9_.-]"
 _SECRET_WORD = (
