@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sdbridge.cli import main
 from sdbridge.config import load_config, parse_config
 from sdbridge.daemon import Daemon
-from sdbridge.errors import redact_url
+from sdbridge.errors import ConfigError, redact_url
 from sdbridge.logfmt import JsonFormatter, LogfmtFormatter
 from sdbridge.masking import MASK, is_secret_name, mask_argv, mask_config, mask_text
 from sdbridge.web.app import create_app
@@ -264,6 +264,9 @@ async def test_bad_endpoint_is_masked_in_reload_errors(
         ]
     }
     path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError) as raw:  # the error itself quotes the endpoint
+        load_config(path)
+    assert PASSWORD in str(raw.value)
     try:
         response = await client.post("/-/reload")
         answer = await response.text()
