@@ -30,6 +30,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "sdbridge.discovery.zookeeper",
     "sdbridge.discovery.dockerswarm",
     "sdbridge.discovery.docker",
+    "sdbridge.discovery.sql",
 )
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
