@@ -15,6 +15,7 @@ from . import __version__
 from .config import DEFAULT_MAX_CONFIG_SIZE, ConfigBase, load_config, parse_size
 from .daemon import Daemon
 from .defaults import banner, default_config
+from .discovery.check import check_backends
 from .durations import parse_duration
 from .errors import ConfigError, SdbridgeError
 from .job import Job
@@ -104,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", parents=[common], help="validate a config file")
     check.add_argument("config", type=Path)
     _config_size_flag(check)
+    check.add_argument(
+        "--check.connect",
+        dest="check_connect",
+        action="store_true",
+        help="also reach the backends that support it (sql_sd: run the query, check columns)",
+    )
 
     once = commands.add_parser(
         "once", parents=[common], help="run one complete discovery pass, write outputs, exit"
@@ -126,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         if args.command == "check":
-            return _check(args.config, args.config_max_size)
+            return _check(args.config, args.config_max_size, connect=args.check_connect)
         if args.command == "once":
             config = load_config(args.config, max_size=args.config_max_size)
             return asyncio.run(_once(config, args.timeout))
@@ -141,8 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _check(path: Path, max_size: int) -> int:
+def _check(path: Path, max_size: int, *, connect: bool = False) -> int:
     config = load_config(path, max_size=max_size)
+    if connect and (failures := asyncio.run(check_backends(config.jobs))):
+        print("sdbridge: " + "\n".join(failures), file=sys.stderr)
+        return 1
     mechanisms = sum(len(job.mechanism_configs()) for job in config.jobs)
     print(f"{path}: OK ({len(config.jobs)} job(s), {mechanisms} mechanism(s))")
     return 0

@@ -200,7 +200,8 @@ class SQLDiscoverer(RefreshDiscoverer[SQLSDConfig]):
             )
         return self._database
 
-    async def _forget_database(self) -> None:
+    async def close(self) -> None:
+        """Close every connection (the next refresh opens them again)."""
         database, self._database = self._database, None
         if database is not None:
             await database.close()
@@ -211,7 +212,7 @@ class SQLDiscoverer(RefreshDiscoverer[SQLSDConfig]):
             await super().run(send)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._forget_database())
+                await asyncio.shield(self.close())
 
     async def refresh(self) -> list[TargetGroup]:
         """Run the query (and change_query, in the same snapshot); map its rows."""
@@ -236,7 +237,7 @@ class SQLDiscoverer(RefreshDiscoverer[SQLSDConfig]):
             result = (await self._read([self._query]))[-1]
             plan_columns(result.columns)
         finally:
-            await self._forget_database()
+            await self.close()
 
     async def _read(self, statements: Sequence[Statement]) -> list[Result]:
         database = self.database()
@@ -246,7 +247,7 @@ class SQLDiscoverer(RefreshDiscoverer[SQLSDConfig]):
         except BackendError:
             if self.config.dsn_file is not None:
                 # Maybe the password was rotated: read the file again next time.
-                await self._forget_database()
+                await self.close()
             raise
 
     def _report_skipped(self, mapped: Mapped) -> None:

@@ -78,9 +78,9 @@ def plan_columns(names: Sequence[str]) -> Columns:
     address = found.get(ADDRESS_COLUMN)
     host, port = found.get(HOST_COLUMN), found.get(PORT_COLUMN)
     if address is None and (host is None or port is None):
-        missing = "a port column" if host is not None else "a host column"
+        missing = "port column" if host is not None else "host column"
         if host is None and port is None:
-            missing = "an address column, or host and port columns"
+            missing = "address column, nor host and port columns"
         shown = ", ".join(names) if names else "none"
         raise DiscoveryError(f"the query's result has no {missing} (its columns: {shown})")
     meta: list[tuple[int, str]] = []
