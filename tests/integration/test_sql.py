@@ -70,11 +70,11 @@ def by_address(groups: list[TargetGroup]) -> Targets:
 async def refresh_error(**config: Any) -> str:
     """The message of the error one refresh raises."""
     sql = discoverer(**config)
-    with pytest.raises(DiscoveryError) as caught:
-        try:
+    try:
+        with pytest.raises(DiscoveryError) as caught:
             await sql.refresh()
-        finally:
-            await sql.close()
+    finally:
+        await sql.close()
     message = str(caught.value)
     assert READER_PASSWORD not in message
     return message
@@ -238,7 +238,9 @@ async def test_postgres_refuses_writes_and_limits(pg: PG) -> None:
     assert "read-only transaction" in message
     assert pg.sql(f"SELECT count(*) FROM {table}") == str(len(ROWS))
     message = await refresh_error(
-        dsn=pg.dsn(), query="SELECT pg_sleep(5), '127.0.0.1:1' AS address", statement_timeout="300ms"
+        dsn=pg.dsn(),
+        query="SELECT pg_sleep(5), '127.0.0.1:1' AS address",
+        statement_timeout="300ms",
     )
     assert "statement_timeout (0.3s)" in message
     message = await refresh_error(
@@ -507,7 +509,9 @@ async def test_mariadb_mapping_and_safety(maria: Maria, caplog: pytest.LogCaptur
     assert "READ ONLY" in message
     assert maria.sql(f"SELECT count(*) FROM {table}") == str(len(ROWS))
     message = await refresh_error(
-        dsn=maria.dsn(), query="SELECT SLEEP(5), '127.0.0.1:1' AS address", statement_timeout="500ms"
+        dsn=maria.dsn(),
+        query="SELECT SLEEP(5), '127.0.0.1:1' AS address",
+        statement_timeout="500ms",
     )
     assert "statement_timeout (0.5s)" in message
     message = await refresh_error(

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import aiomysql
 import aiosqlite
@@ -438,7 +438,10 @@ class SQLiteDatabase(Database):
     async def read(self, statements: Sequence[Statement]) -> list[Result]:
         """Open the file read-only and run ``statements`` in one transaction."""
         statement = statements[0]
-        uri = f"file:{self.path}?mode=ro"
+        # Checked first: aiosqlite leaves a stray callback behind when a connect fails.
+        if not self.path.is_file():
+            raise self.error(f"cannot open {self.path} read-only: no such file")
+        uri = f"file:{quote(str(self.path))}?mode=ro"
         deadline = 0.0
         try:
             async with (
