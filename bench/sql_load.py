@@ -280,7 +280,7 @@ def idle_cost(server: PostgresServer, workdir: Path, seconds: float) -> dict[str
 
 
 def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def main() -> None:
