@@ -169,7 +169,7 @@ class SQLDiscoverer(RefreshDiscoverer[SQLSDConfig]):
         self._database: Database | None = None
         self._query = Statement(config.query, config.max_rows, "query")
         self._change = (
-            Statement(config.change_query, config.max_rows, "change_query")
+            Statement(config.change_query, config.max_rows, "change_query", cursor=False)
             if config.change_query is not None
             else None
         )

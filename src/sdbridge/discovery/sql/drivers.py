@@ -106,6 +106,9 @@ class Statement:
     sql: str
     max_rows: int
     what: str  # "query", "change_query": named in errors
+    # Fetch through a cursor, so rows past max_rows are never read. A small answer (a
+    # change query) alone skips it: one statement per poll instead of BEGIN, it, COMMIT.
+    cursor: bool = True
 
 
 class Database:
@@ -200,7 +203,11 @@ class PostgresDatabase(Database):
         if self._pool is None:
             try:
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=0, max_size=2, **self._connect_options()
+                    self._dsn,
+                    min_size=0,
+                    max_size=2,
+                    reset=_keep_session,
+                    **self._connect_options(),
                 )
             except (ValueError, TypeError, asyncpg.PostgresError) as exc:  # a bad DSN
                 raise self.error("invalid DSN", exc) from None
@@ -214,18 +221,17 @@ class PostgresDatabase(Database):
             async with (
                 asyncio.timeout(self.client_deadline(len(statements))),
                 pool.acquire() as conn,
-                conn.transaction(isolation="repeatable_read", readonly=True),
             ):
-                results = []
-                for statement in statements:
+                if len(statements) == 1 and not statement.cursor:
+                    # Read-only all the same: default_transaction_read_only is on.
                     prepared = await conn.prepare(statement.sql)
-                    columns = tuple(a.name for a in prepared.get_attributes())
-                    cursor = await prepared.cursor()
-                    rows = await cursor.fetch(statement.max_rows + 1)
+                    rows = await prepared.fetch()
                     if len(rows) > statement.max_rows:
                         raise self.too_many_rows(statement)
-                    results.append(Result(columns, rows))
-                return results
+                    columns = tuple(a.name for a in prepared.get_attributes())
+                    return [Result(columns, rows)]
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    return await self._read(conn, statements)
         except asyncpg.QueryCanceledError:
             raise self.timed_out(statement) from None
         except asyncpg.InvalidPasswordError as exc:
@@ -236,6 +242,20 @@ class PostgresDatabase(Database):
             raise self.error("no answer in time; the server may be down") from None
         except (OSError, asyncpg.InterfaceError) as exc:
             raise self.error("cannot reach the server or lost the connection", exc) from None
+
+    async def _read(
+        self, conn: asyncpg.Connection, statements: Sequence[Statement]
+    ) -> list[Result]:
+        results = []
+        for statement in statements:
+            prepared = await conn.prepare(statement.sql)
+            columns = tuple(a.name for a in prepared.get_attributes())
+            cursor = await prepared.cursor()
+            rows = await cursor.fetch(statement.max_rows + 1)
+            if len(rows) > statement.max_rows:
+                raise self.too_many_rows(statement)
+            results.append(Result(columns, rows))
+        return results
 
     async def close(self) -> None:
         """Close the pool's connections."""
@@ -280,6 +300,11 @@ class PostgresDatabase(Database):
             raise self.error(f"lost the LISTEN connection for {channel!r}", exc) from None
         finally:
             conn.terminate()
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset: nothing to undo (no SET, LISTEN, lock or cursor outlives a read),
+    so no ``RESET ALL; UNLISTEN *; ...`` round trip after every poll."""
 
 
 # --- MySQL and MariaDB ----------------------------------------------------------------------
