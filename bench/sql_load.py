@@ -86,6 +86,8 @@ def setup(server: PostgresServer, rows: int) -> None:
             f" (ARRAY['web','db','cache','queue'])[g % 4 + 1],"
             f" jsonb_build_object('__metrics_path__', '/metrics', 'tier', 't' || g % 3)"
             f" FROM generate_series(0, {rows - 1}) g",
+            # Every row its own time (a CMDB's rows change one by one).
+            "UPDATE hosts SET updated_at = now() - id * interval '1 second'",
             "CREATE INDEX hosts_updated_at ON hosts (updated_at)",
             "CREATE TABLE hosts_version (version bigint NOT NULL)",
             "INSERT INTO hosts_version VALUES (1)",

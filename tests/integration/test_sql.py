@@ -16,7 +16,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,15 @@ ROWS = [
 SELECT = 'SELECT host, port, env, weight, up, seen, labels, "Rack-Name" FROM {table}'
 
 
+def create_inventory(run: Callable[[str], str], columns: str, literal: Callable[[Any], str]) -> str:
+    """A new table of ``columns`` holding ROWS (values written with ``literal``); its name."""
+    table = unique("hosts")
+    run(f"CREATE TABLE {table} ({columns})")
+    values = ", ".join("(" + ", ".join(map(literal, row)) + ")" for row in ROWS)
+    run(f"INSERT INTO {table} (host, port, env, weight, up, seen, labels) VALUES {values}")
+    return table
+
+
 def check_inventory(found: Targets, *, true: str, false: str, time: str) -> None:
     """The mapping rules on ROWS, with the database's own spelling of booleans and times."""
     assert set(found) == {"127.0.0.1:9100", "[::1]:9200"}
@@ -166,6 +175,8 @@ class PG:
         server.psql(f"CREATE DATABASE {self.database}")
         server.psql(f"CREATE ROLE {self.reader} LOGIN PASSWORD '{READER_PASSWORD}'")
         server.psql(f"GRANT pg_read_all_data TO {self.reader}")
+        # The session's time zone must not leak into the labels (they are UTC).
+        server.psql(f"ALTER ROLE {self.reader} SET timezone = 'Asia/Tokyo'")
         server.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", self.database)
 
     def dsn(self, params: str = "sslmode=disable") -> str:
@@ -187,22 +198,16 @@ def pg(postgres: PostgresServer) -> Iterator[PG]:  # noqa: F811 - the fixture
 
 
 def pg_inventory(pg: PG) -> str:
-    table = unique("hosts")
-    pg.sql(
-        f"CREATE TABLE {table} (id serial, host text, port int, env text, weight numeric(5,2),"
-        f" up boolean, seen timestamptz, labels jsonb, \"Rack-Name\" text DEFAULT 'r1')"
+    return create_inventory(
+        pg.sql,
+        "id serial, host text, port int, env text, weight numeric(5,2), up boolean,"
+        " seen timestamptz, labels jsonb, \"Rack-Name\" text DEFAULT 'r1'",
+        lambda v: "NULL" if v is None else f"'{v}'",
     )
-    for host, port, env, weight, up, seen, labels in ROWS:
-        values = ", ".join(
-            "NULL" if v is None else f"'{v}'" for v in (host, port, env, weight, up, seen, labels)
-        )
-        pg.sql(f"INSERT INTO {table} (host, port, env, weight, up, seen, labels) VALUES ({values})")
-    return table
 
 
 @pytest.mark.postgres
 async def test_postgres_mapping(pg: PG, caplog: pytest.LogCaptureFixture) -> None:
-    pg.sql("SET TIME ZONE 'Europe/Paris'")  # the session's zone does not leak into labels
     table = pg_inventory(pg)
     found = await refresh(dsn=pg.dsn(), query=SELECT.format(table=table))
     check_inventory(found, true="true", false="false", time="2024-01-02T03:04:05Z")
@@ -478,20 +483,12 @@ def maria(mariadb: MariaDBServer) -> Iterator[Maria]:  # noqa: F811 - the fixtur
 
 
 def maria_inventory(maria: Maria) -> str:
-    table = unique("hosts")
-    maria.sql(
-        f"CREATE TABLE {table} (id serial, host text, port int, env text, weight decimal(5,2),"
-        f" up boolean, seen datetime, labels json, `Rack-Name` text DEFAULT 'r1')"
+    return create_inventory(
+        maria.sql,
+        "id serial, host text, port int, env text, weight decimal(5,2), up boolean,"
+        " seen datetime, labels json, `Rack-Name` text DEFAULT 'r1'",
+        lambda v: "NULL" if v is None else str(int(v)) if isinstance(v, bool) else f"'{v}'",
     )
-    for host, port, env, weight, up, seen, labels in ROWS:
-        values = ", ".join(
-            "NULL" if v is None else str(int(v)) if isinstance(v, bool) else f"'{v}'"
-            for v in (host, port, env, weight, up, seen, labels)
-        )
-        maria.sql(
-            f"INSERT INTO {table} (host, port, env, weight, up, seen, labels) VALUES ({values})"
-        )
-    return table
 
 
 @pytest.mark.mariadb

@@ -12,11 +12,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -138,3 +140,28 @@ def managed(
         yield process
     finally:
         process.stop()
+
+
+class Stoppable(Protocol):
+    """A server that stops (its processes) on ``stop()``."""
+
+    def stop(self) -> None:
+        """Stop the server."""
+
+
+S = TypeVar("S", bound=Stoppable)
+
+
+def server_in_temp_dir(prefix: str, start: Callable[[Path], S]) -> Iterator[S]:
+    """``start(workdir)`` in a fresh temporary directory (readable by the service users the
+    server may run as); stop it and remove the directory with its data afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(workdir, 0o755)
+    server: S | None = None
+    try:
+        server = start(workdir)
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .common import ManagedProcess, free_port, require_binary, wait_until
+from .common import ManagedProcess, free_port, require_binary, server_in_temp_dir, wait_until
 from .tls import SelfSigned, self_signed
 
 
@@ -147,16 +145,7 @@ class MariaDBServer:
 
 def mariadb_server() -> Iterator[MariaDBServer]:
     """A MariaDB in a temporary directory, removed with its data afterwards."""
-    workdir = Path(tempfile.mkdtemp(prefix="sdbridge-mariadb-"))
-    os.chmod(workdir, 0o755)
-    server: MariaDBServer | None = None
-    try:
-        server = MariaDBServer(workdir)
-        yield server
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    yield from server_in_temp_dir("sdbridge-mariadb-", MariaDBServer)
 
 
 @pytest.fixture(scope="session")

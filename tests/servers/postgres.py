@@ -18,16 +18,14 @@ import contextlib
 import glob
 import os
 import pwd
-import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from .common import ManagedProcess, free_port, require_binary, wait_until
+from .common import ManagedProcess, free_port, require_binary, server_in_temp_dir, wait_until
 from .tls import SelfSigned, self_signed
 
 SUPERUSER = "postgres"
@@ -196,16 +194,7 @@ class PostgresServer:
 
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster in a temporary directory, removed with its data afterwards."""
-    workdir = Path(tempfile.mkdtemp(prefix="sdbridge-postgres-"))
-    os.chmod(workdir, 0o755)
-    server: PostgresServer | None = None
-    try:
-        server = PostgresServer(workdir)
-        yield server
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    yield from server_in_temp_dir("sdbridge-postgres-", PostgresServer)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sdbridge.config import parse_config
 from sdbridge.discovery.sql import SQLSDConfig
 from sdbridge.discovery.sql.drivers import MASK, Database, safe_dsn
-from sdbridge.discovery.sql.mapping import map_rows, plan_columns, render_value
+from sdbridge.discovery.sql.mapping import RowMapper, map_rows, plan_columns, render_value
 from sdbridge.errors import ConfigError, DiscoveryError
 
 
@@ -203,3 +203,31 @@ def test_config_errors_never_quote_the_dsn(entry: dict[str, Any], error: str) ->
     assert error in str(caught.value)
     assert "hunter2" not in str(caught.value)
     assert "sql_sd_configs[0]" in str(caught.value)
+
+
+def test_a_mapper_reuses_unchanged_rows_and_maps_changed_ones() -> None:
+    mapper = RowMapper()
+    columns = plan_columns(["address", "env", "tags"])
+    first = mapper.map(
+        columns,
+        [("127.0.0.1:1", "prod", None), ("127.0.0.1:2", "dev", None), ("127.0.0.1:3", "x", None)],
+    )
+    before = {g.source: g for g in first.groups}
+    second = mapper.map(
+        columns,
+        [("127.0.0.1:1", "prod", None), ("127.0.0.1:2", "staging", None), ("bad", "x", None)],
+    )
+    after = {g.source: g for g in second.groups}
+    assert after["127.0.0.1:1"] is before["127.0.0.1:1"]  # unchanged: the same group
+    assert after["127.0.0.1:2"].targets[0]["__meta_sql_env"] == "staging"
+    assert "127.0.0.1:3" not in after
+    assert [(n, str(e)) for n, e in second.skipped] == [
+        (3, "column address: 'bad' is not host:port")
+    ]
+    # An unhashable value (a PostgreSQL array) maps all the same, without reuse.
+    third = mapper.map(columns, [("127.0.0.1:1", "prod", ["a", "b"])])
+    assert third.groups[0].targets[0]["__meta_sql_tags"] == '["a","b"]'
+    # New columns: nothing is reused from a result of other columns.
+    other = plan_columns(["address", "env", "team"])
+    fourth = mapper.map(other, [("127.0.0.1:1", "prod", None)])
+    assert "__meta_sql_team" in fourth.groups[0].targets[0]

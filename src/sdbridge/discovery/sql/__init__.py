@@ -51,7 +51,7 @@ from .drivers import (
     open_database,
     sqlite_path,
 )
-from .mapping import META, Mapped, map_rows, plan_columns
+from .mapping import META, Mapped, RowMapper, plan_columns
 
 __all__ = ["META", "SQLDiscoverer", "SQLSDConfig"]
 
@@ -173,6 +173,7 @@ class SQLDiscoverer(RefreshDiscoverer[SQLSDConfig]):
             if config.change_query is not None
             else None
         )
+        self._mapper = RowMapper()
         self._change_token: tuple[Any, ...] | None = None  # as last read by a full refresh
         self._last_refresh_start: float | None = None
         self._listener_settled = asyncio.Event()  # the first LISTEN attempt is over
@@ -225,7 +226,7 @@ class SQLDiscoverer(RefreshDiscoverer[SQLSDConfig]):
         statements = [self._query] if self._change is None else [self._change, self._query]
         results = await self._read(statements)
         columns = plan_columns(results[-1].columns)
-        mapped = map_rows(columns, results[-1].rows)
+        mapped = self._mapper.map(columns, results[-1].rows)
         self._report_skipped(mapped)
         if self._change is not None:
             self._change_token = _change_token(results[0])

@@ -270,6 +270,8 @@ def _render_column(values: Sequence[Any]) -> Sequence[str]:
     if len(types) == 1:
         kind = types.pop()
         renderer = str if kind is int else _RENDERERS.get(kind)
+        if kind is str:
+            return ["" if v is None else v for v in values]
         if renderer is not None:
             if None not in values:
                 return list(map(renderer, values))
@@ -291,24 +293,10 @@ def _labels_of_column(values: Sequence[Any], column: str) -> dict[Any, dict[str,
     return parsed
 
 
-def map_rows(columns: Columns, rows: Iterable[Sequence[Any]]) -> Mapped:
-    """Turn rows into target groups (one per address); bad rows are skipped and listed."""
-    # Building 100,000 dicts makes the cyclic GC run over and over on objects that hold
-    # no cycles (a third of the mapping time): it is paused for this synchronous stretch.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        return _map_rows(columns, rows)
-    finally:
-        if paused:
-            gc.enable()
-
-
-def _map_rows(columns: Columns, rows: Iterable[Sequence[Any]]) -> Mapped:
-    rows = rows if isinstance(rows, list) else list(rows)
-    skipped: list[tuple[int, InvalidTargetError]] = []
+def _build_targets(columns: Columns, rows: Sequence[Sequence[Any]]) -> list[Target]:
+    """Each row's target (labels with ``__address__``), or why it cannot be one."""
     if not rows:
-        return Mapped(groups=[], skipped=skipped)
+        return []
     by_column = list(zip(*rows, strict=True))  # column-major: each column mapped at once
     meta = columns.meta
     names = tuple(label for _, label in meta)
@@ -325,40 +313,109 @@ def _map_rows(columns: Columns, rows: Iterable[Sequence[Any]]) -> Mapped:
     if labels_index is not None:
         labels_values = by_column[labels_index]
         labels_by_value = _labels_of_column(labels_values, columns.names[labels_index])
-    by_address: dict[str, dict[str, str]] = {}
-    # Rows sharing an address (rare): every distinct label set, by its sorted items.
-    shared: dict[str, dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
+    built: list[Target] = []
     valid_address = is_valid_address
-    for number, target in enumerate(targets, start=1):
-        address = addresses[number - 1]
+    for index, target in enumerate(targets):
+        address = addresses[index]
         try:
             if address.__class__ is not str or not valid_address(address):
-                address = row_address(rows[number - 1], columns)  # host and port, errors
+                address = row_address(rows[index], columns)  # host and port, errors
         except InvalidTargetError as exc:
-            skipped.append((number, exc))
+            built.append(exc)
             continue
         if labels_index is not None:
-            raw = labels_values[number - 1]
+            raw = labels_values[index]
             key = raw if isinstance(raw, str | bytes) or raw is None else id(raw)
             labels = labels_by_value[key]
             if isinstance(labels, str):
-                skipped.append((number, InvalidTargetError(labels)))
+                built.append(InvalidTargetError(labels))
                 continue
             target.update(labels)
         target[ADDRESS_LABEL] = address
-        first = by_address.setdefault(address, target)
-        if first is not target:
-            # Identical rows are one target; rows that differ are different targets.
-            variants = shared.setdefault(address, {_key(first): first})
-            variants[_key(target)] = target
-    groups = []
-    prechecked = TargetGroup.prechecked
-    for address, target in by_address.items():
-        found = shared.get(address)
-        targets_of = (target,) if found is None else tuple(found[k] for k in sorted(found))
-        # Every name here is sanitized or checked, every value a str, every address checked.
-        groups.append(prechecked(address, targets_of))
-    return Mapped(groups=groups, skipped=skipped)
+        built.append(target)
+    return built
+
+
+Target = dict[str, str] | InvalidTargetError
+
+
+class RowMapper:
+    """Maps results to target groups, remembering the last result's rows.
+
+    A row seen in the previous result (same columns, same values) reuses its target and,
+    when its address holds only it, its group: a refresh after a NOTIFY that changed one
+    row of 100,000 maps one row, and the diff that follows compares groups by identity.
+    Targets are never changed once built, so sharing them is safe.
+    """
+
+    def __init__(self) -> None:
+        self._columns: Columns | None = None
+        self._targets: dict[tuple[Any, ...], Target] = {}
+        self._groups: dict[str, TargetGroup] = {}
+
+    def map(self, columns: Columns, rows: Iterable[Sequence[Any]]) -> Mapped:
+        """Turn rows into target groups (one per address); bad rows are skipped and listed."""
+        # Building 100,000 dicts makes the cyclic GC run over and over on objects that hold
+        # no cycles (a third of the mapping time): it is paused for this synchronous stretch.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._map(columns, rows if isinstance(rows, list) else list(rows))
+        finally:
+            if paused:
+                gc.enable()
+
+    def _map(self, columns: Columns, rows: list[Sequence[Any]]) -> Mapped:
+        cache = self._targets if columns == self._columns else {}
+        keys: list[tuple[Any, ...]] | None = list(map(tuple, rows))
+        try:
+            known = [cache.get(key) for key in keys] if keys else []
+        except TypeError:  # an unhashable value (an array column): no reuse this time
+            keys, known = None, [None] * len(rows)
+        missing = [index for index, target in enumerate(known) if target is None]
+        for index, target in zip(
+            missing, _build_targets(columns, [rows[i] for i in missing]), strict=True
+        ):
+            known[index] = target
+        if keys is not None:
+            reusable = {key: t for key, t in zip(keys, known, strict=True) if t is not None}
+            self._columns, self._targets = columns, reusable
+        return self._group(known)
+
+    def _group(self, targets: list[Target | None]) -> Mapped:
+        skipped: list[tuple[int, InvalidTargetError]] = []
+        by_address: dict[str, dict[str, str]] = {}
+        # Rows sharing an address (rare): every distinct label set, by its sorted items.
+        shared: dict[str, dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
+        for number, target in enumerate(targets, start=1):
+            if isinstance(target, InvalidTargetError) or target is None:
+                skipped.append((number, target or InvalidTargetError("not mapped")))
+                continue
+            address = target[ADDRESS_LABEL]
+            first = by_address.setdefault(address, target)
+            if first is not target and first != target:
+                # Identical rows are one target; rows that differ are different targets.
+                variants = shared.setdefault(address, {_key(first): first})
+                variants[_key(target)] = target
+        previous, groups = self._groups, {}
+        prechecked = TargetGroup.prechecked
+        for address, target in by_address.items():
+            found = shared.get(address)
+            if found is None:
+                group = previous.get(address)
+                if group is None or len(group.targets) != 1 or group.targets[0] is not target:
+                    # Every name is sanitized or checked, every value a str, the address checked.
+                    group = prechecked(address, (target,))
+            else:
+                group = prechecked(address, tuple(found[k] for k in sorted(found)))
+            groups[address] = group
+        self._groups = groups
+        return Mapped(groups=list(groups.values()), skipped=skipped)
+
+
+def map_rows(columns: Columns, rows: Iterable[Sequence[Any]]) -> Mapped:
+    """Turn rows into target groups (one per address); bad rows are skipped and listed."""
+    return RowMapper().map(columns, rows)
 
 
 def _key(target: dict[str, str]) -> tuple[tuple[str, str], ...]:
