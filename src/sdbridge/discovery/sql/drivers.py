@@ -242,6 +242,8 @@ class PostgresDatabase(Database):
             raise self.error("no answer in time; the server may be down") from None
         except (OSError, asyncpg.InterfaceError) as exc:
             raise self.error("cannot reach the server or lost the connection", exc) from None
+        except ValueError as exc:  # the DSN, parsed at the first connect
+            raise self.error("invalid DSN", exc) from None
 
     async def _read(
         self, conn: asyncpg.Connection, statements: Sequence[Statement]
