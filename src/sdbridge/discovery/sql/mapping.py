@@ -121,6 +121,8 @@ def _float_text(value: float) -> str:
 
 
 def _datetime_text(value: datetime.datetime) -> str:
+    if value.tzinfo is datetime.UTC:  # what drivers return for timestamptz: the fast path
+        return value.isoformat()[:-6] + "Z"
     # A timestamp without a time zone is taken as UTC: RFC 3339 needs an offset.
     if value.tzinfo is None:
         value = value.replace(tzinfo=datetime.UTC)
@@ -388,9 +390,11 @@ class RowMapper:
         # Rows sharing an address (rare): every distinct label set, by its sorted items.
         shared: dict[str, dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
         for number, target in enumerate(targets, start=1):
-            if isinstance(target, InvalidTargetError) or target is None:
-                skipped.append((number, target or InvalidTargetError("not mapped")))
+            if target.__class__ is not dict:
+                assert isinstance(target, InvalidTargetError)
+                skipped.append((number, target))
                 continue
+            assert isinstance(target, dict)
             address = target[ADDRESS_LABEL]
             first = by_address.setdefault(address, target)
             if first is not target and first != target:
@@ -403,7 +407,7 @@ class RowMapper:
             found = shared.get(address)
             if found is None:
                 group = previous.get(address)
-                if group is None or len(group.targets) != 1 or group.targets[0] is not target:
+                if group is None or group.targets[0] is not target or len(group.targets) != 1:
                     # Every name is sanitized or checked, every value a str, the address checked.
                     group = prechecked(address, (target,))
             else:
