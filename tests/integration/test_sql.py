@@ -615,3 +615,21 @@ def test_check_connect_reports_a_missing_column(
     assert "cmdb" in err
     assert "sql_sd_configs[0]" in err
     assert "port column" in err
+
+
+async def test_a_failing_query_keeps_the_last_good_targets(tmp_path: Path) -> None:
+    sqlite_inventory(tmp_path / "cmdb.db")
+    query = "SELECT host || ':' || port AS address FROM hosts WHERE host = '127.0.0.1'"
+    async with running_job(
+        tmp_path, dsn="sqlite:///cmdb.db", query=query, refresh_interval="100ms"
+    ) as (job, recording):
+        await until(lambda: file_addresses(tmp_path) == {"127.0.0.1:9100"}, within=20)
+        with contextlib.closing(sqlite3.connect(tmp_path / "cmdb.db")) as conn:
+            conn.execute("ALTER TABLE hosts RENAME TO gone")
+            conn.commit()
+        await until(lambda: job.status()["mechanisms"][0]["last_error"] is not None, within=20)
+        status = job.status()["mechanisms"][0]
+        assert "query failed: no such table: hosts" in status["last_error"]
+        assert status["config"]["dsn"] == "**********"
+        assert file_addresses(tmp_path) == {"127.0.0.1:9100"}  # stale beats incomplete
+    assert all(published(recording))
