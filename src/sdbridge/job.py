@@ -48,7 +48,7 @@ RenderedGroups = list[tuple[GroupKey, list[Entry] | None]]
 _RENDER_IN_THREAD_ABOVE = 2000
 
 
-STRICT_MECHANISMS = frozenset({"registry", "exec"})
+STRICT_MECHANISMS = frozenset({"registry", "exec", "sql"})
 """Built-in mechanisms whose targets sdbridge owns; plugins are strict too."""
 
 
@@ -68,7 +68,7 @@ class MechanismRunner:
         # mechanism's own status.synced is set before that send reaches the job.
         self.received = False
         mechanism = mechanisms()[name]
-        # sdbridge's own sources (its registry, exec, plugins) are checked strictly; the
+        # sdbridge's own sources (its registry, exec, sql, plugins) are checked strictly; the
         # others publish what Prometheus would discover (see model.target_problem).
         self.strict_targets = (
             name in STRICT_MECHANISMS or not mechanism.factory.__module__.startswith("sdbridge.")

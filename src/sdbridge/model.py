@@ -8,7 +8,7 @@ Targets are checked at two strengths (:func:`target_problem`). Every mechanism's
 targets must be scrapable by Prometheus (``__scheme__`` http or https, scrape interval
 and timeout that are durations, ...): a mechanism with a Prometheus twin publishes what
 Prometheus discovers, minus what Prometheus itself could not scrape. The sources
-sdbridge owns (its registry, exec, plugins) are checked strictly: the address must be
+sdbridge owns (its registry, exec, sql, plugins) are checked strictly: the address must be
 a plain ``host:port`` (:func:`address_problem`) and reserved labels well-formed.
 """
 

@@ -273,7 +273,7 @@ async def test_postgres_bad_input_names_what(pg: PG, tmp_path: Path) -> None:
     message = await refresh_error(dsn=wrong, query="SELECT 1")
     assert "authentication failed" in message
     assert "not-the-password" not in message
-    assert f"{pg.reader}@127.0.0.1" in message
+    assert f"{pg.reader}:<secret>@127.0.0.1" in message
     refused = f"postgresql://{pg.reader}:{READER_PASSWORD}@127.0.0.1:{free_port()}/x"
     message = await refresh_error(dsn=refused, query="SELECT 1", connect_timeout="2s")
     assert "cannot reach the server" in message

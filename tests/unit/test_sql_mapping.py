@@ -156,7 +156,7 @@ def test_safe_dsn_never_shows_the_password(password: str) -> None:
     encoded = quote(password, safe="")
     dsn = f"postgresql://app:{encoded}@127.0.0.1:5432/cmdb?sslmode=disable&password={encoded}"
     where = safe_dsn(dsn)
-    assert where == f"postgresql://app@127.0.0.1:5432/cmdb?sslmode=disable&password={MASK}"
+    assert where == f"postgresql://app:{MASK}@127.0.0.1:5432/cmdb?sslmode=disable&password={MASK}"
     database = Database(dsn, tls=None, connect_timeout=1, statement_timeout=1)
     message = str(database.error("failed", ValueError(f"the driver said {password} {encoded}")))
     assert message.startswith(where + ": ")

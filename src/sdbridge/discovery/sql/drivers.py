@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import aiomysql
 import aiosqlite
@@ -36,8 +36,8 @@ import asyncpg
 import pymysql
 
 from ...errors import BackendError, DiscoveryError
+from ...masking import MASK, mask_text
 
-MASK = "<secret>"
 # Query parameters that carry a secret in some driver's DSN (asyncpg: password, sslpassword).
 _SECRET_PARAMS = ("password", "sslpassword", "passfile")
 # A statement the server does not stop in time is abandoned this much later by the client.
@@ -61,22 +61,8 @@ def dsn_scheme(dsn: str) -> str:
 
 
 def safe_dsn(dsn: str) -> str:
-    """``dsn`` as it may be shown: no password in the user info or in the parameters."""
-    parts = urlsplit(dsn)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}@{hostinfo}" if user else hostinfo
-    query = urlencode(
-        [
-            (name, MASK if name.lower() in _SECRET_PARAMS else value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="<>/",
-    )
-    # Not urlunsplit: it drops the "//" of an empty host (sqlite:///path).
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    """``dsn`` as it may be shown: its password (user info, ``password=``) masked."""
+    return mask_text(dsn)
 
 
 def _secrets_of(dsn: str) -> list[str]:
@@ -148,7 +134,8 @@ class Database:
 
     def error(self, message: str, exc: BaseException | None = None) -> BackendError:
         """A BackendError naming the database; the driver's text is scrubbed of secrets."""
-        detail = f": {self.scrub(str(exc) or type(exc).__name__)}" if exc is not None else ""
+        said = str(exc) or type(exc).__name__
+        detail = f": {mask_text(self.scrub(said))}" if exc is not None else ""
         return BackendError(f"{self.where}: {message}{detail}")
 
     def too_many_rows(self, statement: Statement) -> DiscoveryError:
