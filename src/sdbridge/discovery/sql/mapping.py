@@ -380,8 +380,17 @@ class RowMapper:
         ):
             known[index] = target
         if keys is not None:
-            reusable = {key: t for key, t in zip(keys, known, strict=True) if t is not None}
-            self._columns, self._targets = columns, reusable
+            if cache is self._targets and len(cache) + len(missing) <= len(keys) * 1.1 + 100:
+                # Few rows gone or changed: add the new rows to the cache in place instead
+                # of hashing every row again; a stale entry only costs memory (a row that
+                # comes back as it was maps to the same target).
+                for index in missing:
+                    built = known[index]
+                    if built is not None:
+                        cache[keys[index]] = built
+            else:
+                reusable = {key: t for key, t in zip(keys, known, strict=True) if t is not None}
+                self._columns, self._targets = columns, reusable
         return self._group(known)
 
     def _group(self, targets: list[Target | None]) -> Mapped:
