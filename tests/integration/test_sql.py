@@ -633,3 +633,25 @@ async def test_a_failing_query_keeps_the_last_good_targets(tmp_path: Path) -> No
         assert status["config"]["dsn"] == "**********"
         assert file_addresses(tmp_path) == {"127.0.0.1:9100"}  # stale beats incomplete
     assert all(published(recording))
+
+
+@pytest.mark.mariadb
+async def test_mariadb_refused_and_server_going_away(maria: Maria) -> None:
+    refused = f"mysql://{maria.reader}:{READER_PASSWORD}@127.0.0.1:{free_port()}/x"
+    message = await refresh_error(dsn=refused, query="SELECT 1", connect_timeout="2s")
+    assert "cannot reach the server" in message
+    marker = unique("slow")
+    task = asyncio.create_task(
+        refresh(
+            dsn=maria.dsn(),
+            query=f"SELECT SLEEP(30), '127.0.0.1:1' AS address, '{marker}'",
+            statement_timeout="1m",
+        )
+    )
+    find = f"SELECT id FROM information_schema.PROCESSLIST WHERE info LIKE '%{marker}%' AND info NOT LIKE '%PROCESSLIST%'"
+    await until(lambda: maria.server.sql(find) != "", within=20, what="the query running")
+    maria.server.sql(f"KILL CONNECTION {maria.server.sql(find)}")
+    with pytest.raises(BackendError) as caught:
+        await task
+    assert "lost the connection" in str(caught.value)
+    assert READER_PASSWORD not in str(caught.value)
