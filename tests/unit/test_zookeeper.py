@@ -14,12 +14,12 @@ from pydantic import ValidationError
 
 from sdbridge.discovery.zookeeper import (
     ZookeeperSDConfig,
-    _client_options,
     java_url_decode,
     parse_curator_instance,
     parse_dubbo_provider,
     parse_serverset_member,
 )
+from sdbridge.discovery.zookeeper.session import client_options
 from sdbridge.errors import InvalidTargetError
 
 
@@ -267,7 +267,7 @@ def test_config_defaults_and_secrets() -> None:
     assert cfg.timeout == 10.0
     assert cfg.watch is True
     assert "hunter2" not in json.dumps(cfg.model_dump(mode="json"))
-    assert _client_options(cfg)["auth_data"] == [("digest", "sd:hunter2")]
+    assert client_options(cfg)["auth_data"] == [("digest", "sd:hunter2")]
 
 
 def test_tls_options_and_relative_paths(tmp_path: Path) -> None:
@@ -279,7 +279,7 @@ def test_tls_options_and_relative_paths(tmp_path: Path) -> None:
             "key_password": "pw",
         }
     ).resolve_paths(tmp_path)
-    options = _client_options(cfg)
+    options = client_options(cfg)
     assert options["use_ssl"] is True
     assert options["verify_certs"] is True
     assert options["ca"] == str(tmp_path / "ca.pem")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,9 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
 
 from sdbridge.discovery.base import DiscoveryContext
-from sdbridge.discovery.zookeeper import SHAPES, _MultiRead, _Session, _Tree
+from sdbridge.discovery.zookeeper import LAYOUTS
+from sdbridge.discovery.zookeeper.session import Session
+from sdbridge.discovery.zookeeper.tree import Tree
 
 
 class FakeResult:
@@ -132,10 +133,10 @@ def persistent(request: pytest.FixtureRequest) -> bool:
 
 def make_tree(
     layout: str, roots: list[str], persistent: bool = False
-) -> tuple[_Tree, FakeZooKeeper]:
+) -> tuple[Tree, FakeZooKeeper]:
     fake = FakeZooKeeper()
     context = DiscoveryContext(job="unit", mechanism="zookeeper")
-    session = _Session.__new__(_Session)  # no real kazoo client
+    session = Session.__new__(Session)  # no real kazoo client
     session.loop = asyncio.get_running_loop()
     session.context = context
     session.hosts = "fake"
@@ -146,19 +147,19 @@ def make_tree(
     session.read_many = fake.read_many  # type: ignore[method-assign]
     session.event_sink = None
     session.add_watch = fake.add_watch  # type: ignore[method-assign]
-    tree = _Tree(session, SHAPES[layout], roots, context)
+    tree = Tree(session, LAYOUTS[layout], roots, context)
     fake.sink = session.event_sink
     return tree, fake
 
 
-async def settle(tree: _Tree) -> bool:
+async def settle(tree: Tree) -> bool:
     """Deliver fired watches and apply them, as the discoverer does."""
     await asyncio.sleep(0)
     events = tree.take_pending()
     return await tree.apply(events) if events is not None else False
 
 
-def addresses(tree: _Tree) -> set[str]:
+def addresses(tree: Tree) -> set[str]:
     return {g.targets[0]["__address__"] for g in tree.groups()}
 
 
@@ -257,43 +258,6 @@ async def test_persistent_mode_sets_no_one_shot_watch_and_reads_nothing_for_dubb
     assert await settle(tree)
     assert addresses(tree) == {"127.0.0.1:1", "127.0.0.1:2"}
     assert zk.reads == []  # the event names the provider: nothing to read
-
-
-def test_multi_read_wire_format() -> None:
-    request = _MultiRead([(4, "/a"), (8, "/b"), (4, "/gone")]).serialize()
-    assert bytes(request) == (
-        struct.pack("!iBi", 4, 0, -1)
-        + struct.pack("!i", 2)
-        + b"/a\x00"
-        + struct.pack("!iBi", 8, 0, -1)
-        + struct.pack("!i", 2)
-        + b"/b\x00"
-        + struct.pack("!iBi", 4, 0, -1)
-        + struct.pack("!i", 5)
-        + b"/gone\x00"
-        + struct.pack("!iBi", -1, 1, -1)
-    )
-    stat = struct.pack("!qqqqiiiqiiq", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
-    reply = (
-        struct.pack("!iBi", 4, 0, 0)
-        + struct.pack("!i", 3)
-        + b"abc"
-        + stat
-        + struct.pack("!iBi", 8, 0, 0)
-        + struct.pack("!i", 2)
-        + struct.pack("!i", 1)
-        + b"x"
-        + struct.pack("!i", 1)
-        + b"y"
-        + struct.pack("!iBi", -1, 0, -101)
-        + struct.pack("!i", -101)
-        + struct.pack("!iBi", -1, 1, -1)
-    )
-    data, children, error = _MultiRead.deserialize(reply, 0)
-    assert data[0] == b"abc"
-    assert data[1].czxid == 1
-    assert children == ["x", "y"]
-    assert isinstance(error, NoNodeError)
 
 
 # --- model-based: any sequence of changes ends in the state a fresh read gives -------------
