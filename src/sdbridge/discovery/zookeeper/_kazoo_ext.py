@@ -1,6 +1,6 @@
 """ZooKeeper 3.6+ requests kazoo lacks, built on kazoo's private internals: all of them here.
 
-Why: kazoo (2.11) has no ``addWatch`` (python-zk/kazoo#715 is unmerged) and sends only
+Why: kazoo (through 2.11) has no ``addWatch`` (python-zk/kazoo#715 is unmerged) and sends only
 write transactions as ``multi``, yet a persistent recursive watch saves a read per event
 and ``multiRead`` turns a resync's thousands of reads into a few requests. So this module
 queues its own request objects through kazoo's request path and sees watch events after
