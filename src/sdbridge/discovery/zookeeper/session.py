@@ -17,7 +17,7 @@ from typing import Any
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NoNodeError, UnimplementedError
 
-from ...errors import BackendError, SdbridgeError
+from ...errors import BackendError, SdbridgeError, describe
 from ..base import DiscoveryContext
 from . import _kazoo_ext
 from .config import ZookeeperSDConfig
@@ -172,7 +172,7 @@ class Session:
             return Gone(what)
         if isinstance(result, Exception) and not isinstance(result, SdbridgeError | Gone):
             # Kazoo's errors, and any other (an answer that does not parse) alike.
-            error = BackendError(f"ZooKeeper {self.hosts}: {what}: {_describe(result)}")
+            error = BackendError(f"ZooKeeper {self.hosts}: {what}: {describe(result)}")
             error.__cause__ = result
             return error
         return result
@@ -186,10 +186,6 @@ def unimplemented(reply: Any) -> bool:
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _stop_client(client: KazooClient) -> None:
