@@ -9,8 +9,9 @@ event, so no change can slip between an event and the re-read. Either way only w
 layout needs is read. Reads that set no watch go in ``multiRead`` requests (3.6+), a few
 hundred reads per request.
 
-Bad znodes are skipped one by one with an error naming the znode; a znode that cannot be
-read at all fails the sync (the caller keeps the last targets).
+Bad znodes are skipped one by one with an error naming the znode, counted in
+``sdbridge_invalid_targets_total``; a znode that cannot be read at all fails the sync
+(the caller keeps the last targets).
 """
 
 from __future__ import annotations
