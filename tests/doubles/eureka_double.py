@@ -125,9 +125,9 @@ def instance(
             "metadata": dict(datacenter_metadata) if datacenter_metadata is not None else None,
         },
         "metadata": dict(metadata or {}),
-        "homePageUrl": f"http://{host}:{port}/",
-        "statusPageUrl": f"http://{host}:{port}/actuator/info",
-        "healthCheckUrl": f"http://{host}:{port}/actuator/health",
+        "homePageUrl": f"http://{host}:{port or 80}/",
+        "statusPageUrl": f"http://{host}:{port or 80}/actuator/info",
+        "healthCheckUrl": f"http://{host}:{port or 80}/actuator/health",
         "vipAddress": vip if vip is not None else app.lower(),
         "secureVipAddress": vip if vip is not None else app.lower(),
     }

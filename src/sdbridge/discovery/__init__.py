@@ -31,6 +31,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "sdbridge.discovery.dockerswarm",
     "sdbridge.discovery.docker",
     "sdbridge.discovery.sql",
+    "sdbridge.discovery.eureka",
 )
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
