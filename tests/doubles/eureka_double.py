@@ -35,6 +35,7 @@ Run it in a thread (``with running() as eureka:``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
 import re
@@ -161,12 +162,16 @@ class EurekaDouble:
         retention: float = RETENTION,
         clock: Callable[[], float] = time.monotonic,
         disable_delta: bool = False,
+        json_only: bool = False,
+        basic_auth: tuple[str, str] | None = None,
     ) -> None:
         self.port = port
         self.prefix = prefix.rstrip("/")
         self.retention = retention
         self.clock = clock
         self.disable_delta = disable_delta  # eureka.disableDelta: /apps/delta answers 403
+        self.json_only = json_only  # answers JSON whatever the Accept header says
+        self.basic_auth = basic_auth  # as behind Spring Security's HTTP basic
         self._lock = threading.RLock()
         self._apps: dict[str, dict[str, dict[str, Any]]] = {}  # APP -> id -> instance
         self._renewed: dict[tuple[str, str], float] = {}
@@ -446,6 +451,10 @@ class EurekaDouble:
         endpoint = _endpoint(request.method, path)
         with self._lock:
             self.requests[endpoint] += 1
+        if self.basic_auth is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            if request.headers.get("Authorization") != expected:
+                return web.Response(status=401, text="Unauthorized")
         fault = self._fault_for(path)
         if fault is not None:
             if fault.kind == "delay":
@@ -473,7 +482,7 @@ class EurekaDouble:
         return response
 
     def _answer(self, request: web.Request, what: str) -> web.Response:
-        json = "json" in request.headers.get("Accept", "")
+        json = self.json_only or "json" in request.headers.get("Accept", "")
         return web.Response(
             body=self.render(what, json=json),
             content_type="application/json" if json else "application/xml",

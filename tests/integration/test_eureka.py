@@ -1,0 +1,177 @@
+"""eureka_sd against the Eureka double over HTTP: one request per refresh, reconciling,
+falling back to full fetches, and keeping the last good targets on any bad answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from sdbridge.discovery.base import DiscoveryContext
+from sdbridge.discovery.eureka import MAX_DELTA_GAP, EurekaDiscoverer, EurekaSDConfig
+from sdbridge.errors import BackendError
+from sdbridge.model import TargetGroup
+from tests.doubles.eureka_double import EurekaDouble, instance, running
+from tests.servers.common import free_port
+
+
+@pytest.fixture
+def eureka() -> Iterator[EurekaDouble]:
+    with running() as double:
+        yield double
+
+
+class Clock:
+    """An injected monotonic clock: refreshes happen when the test says, not in real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def discoverer(server: str, **options: Any) -> AsyncIterator[EurekaDiscoverer]:
+    context = DiscoveryContext(job="eureka-test", mechanism="eureka")
+    invalid: list[str] = []
+    context.record_invalid = lambda what, error: invalid.append(f"{what}: {error}")  # type: ignore[method-assign]
+    found = EurekaDiscoverer(EurekaSDConfig(server=server, **options), context)
+    found.clock = Clock()
+    found.invalid = invalid  # type: ignore[attr-defined]
+    async with found.http:
+        yield found
+
+
+def addresses(groups: list[TargetGroup]) -> dict[str, list[str]]:
+    return {g.source: sorted(t["__address__"] for t in g.targets) for g in groups}
+
+
+async def test_a_full_fetch_then_one_delta_per_refresh(eureka: EurekaDouble) -> None:
+    web1 = eureka.register(instance("web", "127.0.0.1", 8080))
+    eureka.register(instance("api", "127.0.0.2", 9090, metadata={"prometheus.path": "/m"}))
+    async with discoverer(eureka.url) as d:
+        assert addresses(await d.refresh()) == {
+            "WEB": ["127.0.0.1:8080"],
+            "API": ["127.0.0.2:9090"],
+        }
+        eureka.register(instance("web", "127.0.0.3", 8080))
+        eureka.set_status("web", web1, "DOWN")
+        groups = {g.source: g for g in await d.refresh()}
+        assert addresses(list(groups.values()))["WEB"] == ["127.0.0.1:8080", "127.0.0.3:8080"]
+        statuses = {t["__meta_eureka_app_instance_status"] for t in groups["WEB"].targets}
+        assert statuses == {"UP", "DOWN"}
+        eureka.cancel("api", "127.0.0.2:api:9090")
+        assert "API" not in addresses(await d.refresh())
+        for _ in range(3):
+            await d.refresh()  # nothing changed: still one small request each
+    assert eureka.requests == {"/apps": 1, "/apps/delta": 5}
+    assert d.fetches == {"full": 1, "delta": 5}
+
+
+async def test_a_hash_code_mismatch_means_a_full_fetch(eureka: EurekaDouble) -> None:
+    eureka.retention = 0.0  # the delta window is empty: changes are missed by deltas
+    eureka.register(instance("web", "127.0.0.1", 8080))
+    async with discoverer(eureka.url) as d:
+        await d.refresh()
+        eureka.register(instance("web", "127.0.0.2", 8080))
+        assert addresses(await d.refresh())["WEB"] == ["127.0.0.1:8080", "127.0.0.2:8080"]
+        assert d.fetches == {"full": 2, "delta": 1, "reconcile": 1}
+
+
+async def test_a_gap_longer_than_the_delta_window_means_a_full_fetch(
+    eureka: EurekaDouble,
+) -> None:
+    eureka.register(instance("web", "127.0.0.1", 8080))
+    async with discoverer(eureka.url) as d:
+        await d.refresh()
+        d.clock.now += MAX_DELTA_GAP - 1  # type: ignore[attr-defined]
+        await d.refresh()
+        d.clock.now += MAX_DELTA_GAP  # type: ignore[attr-defined]
+        await d.refresh()
+    assert d.fetches == {"full": 2, "delta": 1}
+
+
+async def test_delta_off_fetches_everything_every_time(eureka: EurekaDouble) -> None:
+    eureka.register(instance("web", "127.0.0.1", 8080))
+    async with discoverer(eureka.url, delta=False) as d:
+        for _ in range(3):
+            await d.refresh()
+    assert eureka.requests == {"/apps": 3}
+
+
+async def test_a_refused_delta_falls_back_to_full_fetches() -> None:
+    with running(disable_delta=True) as eureka:
+        eureka.register(instance("web", "127.0.0.1", 8080))
+        async with discoverer(eureka.url) as d:
+            await d.refresh()
+            eureka.register(instance("web", "127.0.0.2", 8080))
+            assert len((await d.refresh())[0].targets) == 2  # 403, then /apps
+            await d.refresh()  # the 403 is remembered: /apps directly
+        assert eureka.requests == {"/apps": 3, "/apps/delta": 1}
+
+
+@pytest.mark.parametrize(
+    ("path", "fault", "message"),
+    [
+        ("/apps/delta", {"kind": "malformed"}, "/apps/delta: answer is not well-formed XML"),
+        ("/apps/delta", {"kind": "truncated"}, "/apps/delta: answer is not well-formed XML"),
+        ("/apps/delta", {"kind": "reset"}, "/apps/delta: "),
+        ("/apps", {"kind": "status", "status": 500}, "/apps: HTTP 500: injected fault"),
+        ("/apps", {"kind": "truncated"}, "/apps: answer is not well-formed XML"),
+    ],
+)
+async def test_a_bad_answer_keeps_the_last_good_copy(
+    eureka: EurekaDouble, path: str, fault: dict[str, Any], message: str
+) -> None:
+    eureka.register(instance("web", "127.0.0.1", 8080))
+    async with discoverer(eureka.url) as d:
+        first = await d.refresh()
+        eureka.register(instance("web", "127.0.0.2", 8080))
+        eureka.add_fault(path=path, count=2, **fault)  # 2: aiohttp retries a reset once
+        if path == "/apps":
+            eureka.add_fault("status", "/apps/delta", status=503, count=1)  # forces /apps
+        with pytest.raises(BackendError, match=f"^eureka {eureka.url}") as error:
+            await d.refresh()
+        assert message in str(error.value)
+        assert list(d.groups.values()) == first  # nothing of the failed refresh is kept
+        eureka.clear_faults()
+        assert addresses(await d.refresh())["WEB"] == ["127.0.0.1:8080", "127.0.0.2:8080"]
+
+
+async def test_server_down_names_the_mechanism_and_server() -> None:
+    server = f"http://127.0.0.1:{free_port()}/eureka"
+    async with discoverer(server) as d:
+        with pytest.raises(BackendError, match=f"^eureka {server}/apps: .*Connect"):
+            await d.refresh()
+
+
+async def test_bad_instances_are_skipped_and_reported_once(eureka: EurekaDouble) -> None:
+    eureka.register(instance("web", "127.0.0.1", 8080))
+    eureka.register(instance("web", "127.0.0.2", 0))
+    async with discoverer(eureka.url, delta=False) as d:
+        for _ in range(2):
+            assert addresses(await d.refresh()) == {"WEB": ["127.0.0.1:8080"]}
+    assert d.invalid == [  # type: ignore[attr-defined]
+        f"eureka {eureka.url}: application 'WEB' instance '127.0.0.2:web:0':"
+        " address '127.0.0.2:0' is not a valid host:port"
+    ]
+
+
+async def test_json_answers_and_basic_auth() -> None:
+    with running(json_only=True, basic_auth=("eureka", "s3cret")) as eureka:
+        eureka.register(instance("web", "127.0.0.1", 8080, metadata={"a": "x&y"}))
+        async with discoverer(eureka.url) as d:
+            with pytest.raises(BackendError, match="HTTP 401") as error:
+                await d.refresh()
+            assert "s3cret" not in str(error.value)
+        auth = {"basic_auth": {"username": "eureka", "password": "s3cret"}}
+        async with discoverer(eureka.url, **auth) as d:
+            [group] = await d.refresh()
+            eureka.register(instance("web", "127.0.0.2", 8080))
+            [group] = await d.refresh()
+        assert len(group.targets) == 2
+        assert group.targets[0]["__meta_eureka_app_instance_metadata_a"] == "x&y"
+        assert d.fetches == {"full": 1, "delta": 1}
