@@ -109,7 +109,9 @@ def instance(
     """An instance as a Spring Cloud client registers it (the double's own shape)."""
     app = app.upper()
     record: dict[str, Any] = {
-        "instanceId": f"{host}:{app.lower()}:{port}" if instance_id is None else instance_id,
+        "instanceId": f"{host}:{app.lower()}:{80 if port is None else port}"
+        if instance_id is None
+        else instance_id,
         "hostName": host,
         "app": app,
         "ipAddr": ip if ip is not None else host,
@@ -126,9 +128,9 @@ def instance(
             "metadata": dict(datacenter_metadata) if datacenter_metadata is not None else None,
         },
         "metadata": dict(metadata or {}),
-        "homePageUrl": f"http://{host}:{port or 80}/",
-        "statusPageUrl": f"http://{host}:{port or 80}/actuator/info",
-        "healthCheckUrl": f"http://{host}:{port or 80}/actuator/health",
+        "homePageUrl": f"http://{host}:{80 if port is None else port}/",
+        "statusPageUrl": f"http://{host}:{80 if port is None else port}/actuator/info",
+        "healthCheckUrl": f"http://{host}:{80 if port is None else port}/actuator/health",
         "vipAddress": vip if vip is not None else app.lower(),
         "secureVipAddress": vip if vip is not None else app.lower(),
     }
