@@ -28,7 +28,8 @@ calls :meth:`EurekaDouble.evict` (its clock is injectable).
 
 Faults can be injected per path: an HTTP status, a delay, malformed bodies (not XML/JSON),
 truncated bodies, a connection reset. The double counts requests and body bytes sent per
-endpoint (``/apps``, ``/apps/delta``, ``register``, ``heartbeat``, ``cancel`` ...).
+endpoint (``/apps``, ``/apps/delta``, ``register``, ``heartbeat``, ``cancel`` ...), before
+and after gzip.
 Run it in a thread (``with running() as eureka:``).
 """
 
@@ -183,7 +184,8 @@ class EurekaDouble:
         self._bodies: dict[tuple[str, int, bool], bytes] = {}
         self._faults: list[Fault] = []
         self.requests: Counter[str] = Counter()
-        self.bytes_sent: Counter[str] = Counter()
+        self.bytes_sent: Counter[str] = Counter()  # on the wire (gzip when asked for)
+        self.body_bytes: Counter[str] = Counter()  # before compression
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -442,6 +444,7 @@ class EurekaDouble:
         with self._lock:
             self.requests.clear()
             self.bytes_sent.clear()
+            self.body_bytes.clear()
 
     # --- HTTP ----------------------------------------------------------------------------
 
@@ -475,6 +478,8 @@ class EurekaDouble:
                 response.body = body[: len(body) // 2]
         if isinstance(response, web.Response) and isinstance(response.body, bytes):
             body = response.body
+            with self._lock:
+                self.body_bytes[endpoint] += len(body)
             if "gzip" in request.headers.get("Accept-Encoding", "") and body:
                 body = gzip.compress(body, compresslevel=6)
                 response.body = body
