@@ -34,18 +34,17 @@ import hashlib
 import json
 import random
 import re
-import socket
 import ssl
-import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from .base import Fault, FaultInjector, ThreadedServer, reset_connection
 
 _MAX_WAIT = 600.0
 _DEFAULT_WAIT = 300.0
@@ -67,24 +66,6 @@ def parse_go_duration(text: str) -> float:
     if position != len(text):
         raise ValueError(text)
     return total
-
-
-@dataclass
-class Fault:
-    """One injected fault: applies to requests whose path matches ``path``."""
-
-    kind: str  # status | delay | malformed | truncated | short | reset | index
-    path: str = ".*"
-    status: int = 500
-    body: str = "rpc error: injected fault"
-    delay: float = 0.0
-    index: int = 0  # for "index": the X-Consul-Index to announce instead of the real one
-    count: int | None = None  # None: until cleared
-    hits: int = 0
-    pattern: re.Pattern[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.pattern = re.compile(self.path)
 
 
 # --- a small subset of go-bexpr, the filter language ---------------------------------------
@@ -239,8 +220,11 @@ def _contains(container: Any, value: str) -> bool:
 # --- the double ----------------------------------------------------------------------------
 
 
-class ConsulDouble:
+class ConsulDouble(ThreadedServer, FaultInjector):
     """An in-memory Consul catalog served over HTTP on 127.0.0.1."""
+
+    thread_name = "consul-double"
+    default_fault_body = "rpc error: injected fault"
 
     def __init__(
         self,
@@ -267,7 +251,7 @@ class ConsulDouble:
         self._checks: dict[tuple[str, str], dict[str, Any]] = {}
         self._table_index = {"services": 1, "nodes": 1, "checks": 1}
         self._service_index: dict[str, int] = {}
-        self._faults: list[Fault] = []
+        FaultInjector.__init__(self)
         self._version = 0  # bumped on every change: invalidates the views below
         self._views_cache: (
             tuple[int, dict[str, list[tuple[str, str]]], dict[str, list[dict[str, Any]]]] | None
@@ -349,50 +333,6 @@ class ConsulDouble:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    def start(self) -> ConsulDouble:
-        """Serve from a background thread with its own event loop."""
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start_async())
-            except BaseException as exc:
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop_async())
-            # Handlers of connections that were reset may linger: end them before closing.
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="consul-double", daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if errors:
-            raise errors[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop the background thread."""
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-            self._thread = None
-
-    def __enter__(self) -> ConsulDouble:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # --- stats -------------------------------------------------------------------------
 
@@ -719,30 +659,6 @@ class ConsulDouble:
 
     # --- faults ------------------------------------------------------------------------
 
-    def add_fault(self, kind: str, path: str = ".*", **options: Any) -> Fault:
-        """Inject a fault for requests whose path matches the regex ``path``."""
-        fault = Fault(kind, path, **options)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        """Remove every injected fault."""
-        with self._lock:
-            self._faults.clear()
-
-    def _fault_for(self, path: str, kinds: tuple[str, ...]) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.kind in kinds and fault.pattern.search(path):
-                    fault.hits += 1
-                    if fault.count is not None:
-                        fault.count -= 1
-                        if fault.count <= 0:
-                            self._faults.remove(fault)
-                    return fault
-        return None
-
     # --- HTTP --------------------------------------------------------------------------
 
     @web.middleware
@@ -771,7 +687,7 @@ class ConsulDouble:
             elif fault.kind == "status":
                 return web.Response(status=fault.status, text=fault.body)
             elif fault.kind == "reset":
-                _reset(request)
+                reset_connection(request)
                 return web.Response(status=500)
         denied = self._check_auth(request)
         if denied is not None:
@@ -1136,18 +1052,6 @@ def _uuid(seed: str) -> str:
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
-def _reset(request: web.Request) -> None:
-    """Close the connection with a TCP RST, as a crashed server or proxy does."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
 async def _damaged(
     request: web.Request, response: web.StreamResponse, kind: str
 ) -> web.StreamResponse:
@@ -1175,7 +1079,7 @@ async def _damaged(
     )
     await stream.prepare(request)
     await stream.write(body[: len(body) // 2])
-    _reset(request)
+    reset_connection(request)
     return stream
 
 

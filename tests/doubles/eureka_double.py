@@ -26,7 +26,7 @@ Not modelled: the server's 30 s read-only response cache (answers here are alway
 current), peer replication, regions, self-preservation. Leases expire only when a test
 calls :meth:`EurekaDouble.evict` (its clock is injectable).
 
-Faults can be injected per path: an HTTP status, a delay, malformed bodies (not XML/JSON),
+Faults can be injected per path (a regex searched in the path without the prefix): an HTTP status, a delay, malformed bodies (not XML/JSON),
 truncated bodies, a connection reset. The double counts requests and body bytes sent per
 endpoint (``/apps``, ``/apps/delta``, ``register``, ``heartbeat``, ``cancel`` ...), before
 and after gzip.
@@ -39,20 +39,18 @@ import asyncio
 import base64
 import contextlib
 import gzip
-import re
-import socket
-import struct
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import orjson
 from aiohttp import web
+
+from .base import FaultInjector, ThreadedServer, reset_connection
 
 RETENTION = 180.0  # eureka.retentionTimeInMSInDeltaQueue
 LEASE_DURATION = 90.0  # LeaseInfo.DEFAULT_LEASE_DURATION
@@ -71,23 +69,6 @@ _STRING_FIELDS = (
     "vipAddress",
     "secureVipAddress",
 )
-
-
-@dataclass
-class Fault:
-    """One injected fault: applies to requests whose path matches ``path``."""
-
-    kind: str  # status | delay | malformed | truncated | reset
-    path: str = ".*"
-    status: int = 500
-    body: str = "injected fault"
-    delay: float = 0.0
-    count: int | None = None  # None: until cleared
-    hits: int = 0
-    pattern: re.Pattern[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.pattern = re.compile(self.path)
 
 
 def instance(
@@ -154,8 +135,10 @@ def reconcile_hash_code(statuses: Iterator[str] | list[str]) -> str:
     return "".join(f"{status}_{counts[status]}_" for status in sorted(counts))
 
 
-class EurekaDouble:
+class EurekaDouble(ThreadedServer, FaultInjector):
     """An in-memory Eureka registry served over HTTP on 127.0.0.1."""
+
+    thread_name = "eureka-double"
 
     def __init__(
         self,
@@ -182,13 +165,12 @@ class EurekaDouble:
         self._recent: deque[tuple[float, str, str, dict[str, Any]]] = deque()
         self._version = 0
         self._bodies: dict[tuple[str, int, bool], bytes] = {}
-        self._faults: list[Fault] = []
+        FaultInjector.__init__(self)
         self.requests: Counter[str] = Counter()
         self.bytes_sent: Counter[str] = Counter()  # on the wire (gzip when asked for)
         self.body_bytes: Counter[str] = Counter()  # before compression
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -229,49 +211,6 @@ class EurekaDouble:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    def start(self) -> EurekaDouble:
-        """Serve from a background thread with its own event loop."""
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start_async())
-            except BaseException as exc:
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop_async())
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="eureka-double", daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if errors:
-            raise errors[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop the background thread."""
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-            self._thread = None
-
-    def __enter__(self) -> EurekaDouble:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # --- registry (thread-safe) ----------------------------------------------------------
 
@@ -413,32 +352,6 @@ class EurekaDouble:
                 self._bodies[key] = body
             return body
 
-    # --- faults --------------------------------------------------------------------------
-
-    def add_fault(self, kind: str, path: str = ".*", **options: Any) -> Fault:
-        """Inject a fault for requests whose path (without the prefix) matches ``path``."""
-        fault = Fault(kind, path, **options)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        """Remove every injected fault."""
-        with self._lock:
-            self._faults.clear()
-
-    def _fault_for(self, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.pattern.fullmatch(path):
-                    fault.hits += 1
-                    if fault.count is not None:
-                        fault.count -= 1
-                        if fault.count <= 0:
-                            self._faults.remove(fault)
-                    return fault
-        return None
-
     def reset_counters(self) -> None:
         """Zero the request and byte counters."""
         with self._lock:
@@ -460,16 +373,17 @@ class EurekaDouble:
             expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
             if request.headers.get("Authorization") != expected:
                 return web.Response(status=401, text="Unauthorized")
-        fault = self._fault_for(path)
+        fault = self._fault_for(path, ("delay", "status", "reset"))
         if fault is not None:
             if fault.kind == "delay":
                 await asyncio.sleep(fault.delay)
             elif fault.kind == "status":
                 return web.Response(status=fault.status, text=fault.body)
             elif fault.kind == "reset":
-                _reset(request)
+                reset_connection(request)
                 return web.Response(status=500)
         response: web.StreamResponse = await handler(request)
+        fault = self._fault_for(path, ("malformed", "truncated"))
         if fault is not None and isinstance(response, web.Response) and response.status == 200:
             body = bytes(response.body) if isinstance(response.body, bytes) else b""
             if fault.kind == "malformed":
@@ -730,18 +644,6 @@ def _record_from_xml(root: ElementTree.Element) -> dict[str, Any]:
                 "metadata": {m.tag: m.text or "" for m in meta} if meta is not None else None,
             }
     return record
-
-
-def _reset(request: web.Request) -> None:
-    """Close the connection with a TCP RST, as a crashed server or proxy does."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 @contextlib.contextmanager

@@ -116,11 +116,11 @@ async def test_a_refused_delta_falls_back_to_full_fetches() -> None:
 @pytest.mark.parametrize(
     ("path", "fault", "message"),
     [
-        ("/apps/delta", {"kind": "malformed"}, "/apps/delta: answer is not well-formed XML"),
-        ("/apps/delta", {"kind": "truncated"}, "/apps/delta: answer is not well-formed XML"),
-        ("/apps/delta", {"kind": "reset"}, "/apps/delta: "),
-        ("/apps", {"kind": "status", "status": 500}, "/apps: HTTP 500: injected fault"),
-        ("/apps", {"kind": "truncated"}, "/apps: answer is not well-formed XML"),
+        ("^/apps/delta$", {"kind": "malformed"}, "/apps/delta: answer is not well-formed XML"),
+        ("^/apps/delta$", {"kind": "truncated"}, "/apps/delta: answer is not well-formed XML"),
+        ("^/apps/delta$", {"kind": "reset"}, "/apps/delta: "),
+        ("^/apps$", {"kind": "status", "status": 500}, "/apps: HTTP 500: injected fault"),
+        ("^/apps$", {"kind": "truncated"}, "/apps: answer is not well-formed XML"),
     ],
 )
 async def test_a_bad_answer_keeps_the_last_good_copy(
@@ -131,8 +131,8 @@ async def test_a_bad_answer_keeps_the_last_good_copy(
         first = await d.refresh()
         eureka.register(instance("web", "127.0.0.2", 8080))
         eureka.add_fault(path=path, count=2, **fault)  # 2: aiohttp retries a reset once
-        if path == "/apps":
-            eureka.add_fault("status", "/apps/delta", status=503, count=1)  # forces /apps
+        if path == "^/apps$":
+            eureka.add_fault("status", "^/apps/delta$", status=503, count=1)  # forces /apps
         with pytest.raises(BackendError, match=f"^eureka {eureka.url}") as error:
             await d.refresh()
         assert message in str(error.value)
