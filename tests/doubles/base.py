@@ -62,6 +62,20 @@ class FaultInjector:
         with self._fault_lock:
             self._faults.clear()
 
+    async def arrival_fault(self, request: web.Request, path: str) -> web.Response | None:
+        """Apply a ``delay``, ``status`` or ``reset`` fault for ``path`` as the request
+        arrives; the answer to send instead of handling the request, if there is one."""
+        fault = self._fault_for(path, ("delay", "status", "reset"))
+        if fault is None:
+            return None
+        if fault.kind == "delay":
+            await asyncio.sleep(fault.delay)
+            return None
+        if fault.kind == "reset":
+            reset_connection(request)
+            return web.Response(status=500)
+        return web.Response(status=fault.status, text=fault.body)
+
     def _fault_for(self, path: str, kinds: tuple[str, ...]) -> Fault | None:
         """The first fault of one of ``kinds`` for ``path``, counted as used."""
         with self._fault_lock:

@@ -680,15 +680,9 @@ class ConsulDouble(ThreadedServer, FaultInjector):
                 self.index_params.setdefault(endpoint, []).append(request.query["index"])
         # Faults of the request apply on arrival, damage to the body when the answer leaves
         # (so a blocking query already waiting gets a damaged answer too).
-        fault = self._fault_for(path, ("delay", "status", "reset"))
-        if fault is not None:
-            if fault.kind == "delay":
-                await asyncio.sleep(fault.delay)
-            elif fault.kind == "status":
-                return web.Response(status=fault.status, text=fault.body)
-            elif fault.kind == "reset":
-                reset_connection(request)
-                return web.Response(status=500)
+        refused = await self.arrival_fault(request, path)
+        if refused is not None:
+            return refused
         denied = self._check_auth(request)
         if denied is not None:
             return denied

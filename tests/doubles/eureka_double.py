@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import gzip
 import threading
 import time
@@ -50,7 +49,7 @@ from xml.sax.saxutils import escape, quoteattr
 import orjson
 from aiohttp import web
 
-from .base import FaultInjector, ThreadedServer, reset_connection
+from .base import FaultInjector, ThreadedServer
 
 RETENTION = 180.0  # eureka.retentionTimeInMSInDeltaQueue
 LEASE_DURATION = 90.0  # LeaseInfo.DEFAULT_LEASE_DURATION
@@ -373,15 +372,9 @@ class EurekaDouble(ThreadedServer, FaultInjector):
             expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
             if request.headers.get("Authorization") != expected:
                 return web.Response(status=401, text="Unauthorized")
-        fault = self._fault_for(path, ("delay", "status", "reset"))
-        if fault is not None:
-            if fault.kind == "delay":
-                await asyncio.sleep(fault.delay)
-            elif fault.kind == "status":
-                return web.Response(status=fault.status, text=fault.body)
-            elif fault.kind == "reset":
-                reset_connection(request)
-                return web.Response(status=500)
+        refused = await self.arrival_fault(request, path)
+        if refused is not None:
+            return refused
         response: web.StreamResponse = await handler(request)
         fault = self._fault_for(path, ("malformed", "truncated"))
         if fault is not None and isinstance(response, web.Response) and response.status == 200:
@@ -646,11 +639,6 @@ def _record_from_xml(root: ElementTree.Element) -> dict[str, Any]:
     return record
 
 
-@contextlib.contextmanager
-def running(**options: Any) -> Iterator[EurekaDouble]:
-    """A double serving from a background thread for the duration of a with-block."""
-    double = EurekaDouble(**options).start()
-    try:
-        yield double
-    finally:
-        double.stop()
+def running(**options: Any) -> EurekaDouble:
+    """A double for a with-block: it serves from a thread until the block ends."""
+    return EurekaDouble(**options)
