@@ -3,7 +3,9 @@ falling back to full fetches, and keeping the last good targets on any bad answe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -143,9 +145,10 @@ async def test_a_bad_answer_keeps_the_last_good_copy(
 
 async def test_server_down_names_the_mechanism_and_server() -> None:
     server = f"http://127.0.0.1:{free_port()}/eureka"
-    async with discoverer(server) as d:
-        with pytest.raises(BackendError, match=f"^eureka {server}/apps: .*Connect"):
+    async with discoverer(server.replace("//", "//user:pw@")) as d:
+        with pytest.raises(BackendError, match=f"^eureka {server}/apps: .*Connect") as error:
             await d.refresh()
+    assert "pw" not in str(error.value)
 
 
 async def test_bad_instances_are_skipped_and_reported_once(eureka: EurekaDouble) -> None:
@@ -175,3 +178,52 @@ async def test_json_answers_and_basic_auth() -> None:
         assert len(group.targets) == 2
         assert group.targets[0]["__meta_eureka_app_instance_metadata_a"] == "x&y"
         assert d.fetches == {"full": 1, "delta": 1}
+
+
+async def test_server_down_keeps_the_last_good_targets_then_recovers() -> None:
+    """Through the real refresh loop: nothing is sent while Eureka is down; after it
+    comes back empty (a restarted server) the delta does not add up, and the full fetch
+    that follows removes what is gone."""
+    sent: list[list[TargetGroup]] = []
+    eureka = EurekaDouble().start()
+    eureka.register(instance("web", "127.0.0.1", 8080))
+    context = DiscoveryContext(job="eureka-test", mechanism="eureka")
+    config = EurekaSDConfig(server=eureka.url, refresh_interval="50ms")  # type: ignore[arg-type]
+    task = asyncio.create_task(EurekaDiscoverer(config, context).run(_append(sent)))
+    try:
+        await _until(lambda: len(sent) >= 1)
+        assert addresses(sent[0]) == {"WEB": ["127.0.0.1:8080"]}
+        eureka.stop()
+        await _until(lambda: context.status.failures >= 2)
+        assert context.status.last_error is not None
+        assert context.status.last_error.startswith(f"eureka {eureka.url}/apps/delta: ")
+        assert all(not groups for groups in sent[1:])  # no change sent while down
+        restarted = EurekaDouble(port=eureka.port).start()
+        try:
+            restarted.register(instance("api", "127.0.0.2", 9090))
+            await _until(lambda: any(g.source == "API" for groups in sent for g in groups))
+        finally:
+            restarted.stop()
+        changes = {g.source: g.targets for groups in sent for g in groups}
+        assert changes["WEB"] == ()  # removed, by the reconcile fetch
+        assert context.status.failing_since is None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _append(sent: list[list[TargetGroup]]) -> Callable[[list[TargetGroup]], Awaitable[None]]:
+    async def send(groups: list[TargetGroup]) -> None:
+        sent.append(groups)
+
+    return send
+
+
+async def _until(condition: Callable[[], bool], limit: int = 600) -> None:
+    """Yield to the loop until ``condition`` holds (at most ``limit`` times 50 ms)."""
+    for _ in range(limit):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
