@@ -118,7 +118,7 @@ async def test_a_refused_delta_falls_back_to_full_fetches() -> None:
 @pytest.mark.parametrize(
     ("path", "fault", "message"),
     [
-        ("^/apps/delta$", {"kind": "malformed"}, "/apps/delta: answer is not well-formed XML"),
+        ("^/apps/delta$", {"kind": "malformed"}, "/apps/delta: answer is <html>, not Eureka's"),
         ("^/apps/delta$", {"kind": "truncated"}, "/apps/delta: answer is not well-formed XML"),
         ("^/apps/delta$", {"kind": "reset"}, "/apps/delta: "),
         ("^/apps$", {"kind": "status", "status": 500}, "/apps: HTTP 500: injected fault"),

@@ -142,10 +142,12 @@ def test_instances_go_cannot_decode_are_refused(xml: str, problem: str) -> None:
     ("body", "message"),
     [
         (b"", "eureka test/apps: empty answer"),
-        (b"<html><body>Service Unavailable", "not well-formed XML"),
+        (b"<html><body>Service Unavailable", "answer is <html>, not Eureka's"),
+        (b"<applications><application", "not well-formed XML"),
         (b"<applications><application><name>A</name><instance>", "not well-formed XML"),
         (b'<!DOCTYPE a [<!ENTITY x "y">]><applications/>', "DTD is not allowed"),
         (b"{}", "not well-formed XML"),
+        (b"<html><body>Bad gateway</body></html>", "answer is <html>, not Eureka's"),
     ],
 )
 def test_answers_that_are_not_eureka_xml_fail_naming_where(body: bytes, message: str) -> None:

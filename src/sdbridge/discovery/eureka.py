@@ -230,6 +230,10 @@ class _XMLDecoder:
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         local = name.rpartition(":")[2]
+        if not self.roles and local != "applications":
+            # Go would decode any root into an empty registry: an HTML error page that
+            # happens to be well-formed would remove every target.
+            raise ValueError(f"answer is <{local[:40]}>, not Eureka's <applications>")
         role = self._role(self.roles[-1], local) if self.roles else "root"
         self.roles.append(role)
         collect = role not in ("root", "app", "instance", "dc", "meta", "dcmeta", "item", "skip")
