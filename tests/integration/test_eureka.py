@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 
 from sdbridge.discovery.base import DiscoveryContext
-from sdbridge.discovery.eureka import MAX_DELTA_GAP, EurekaDiscoverer, EurekaSDConfig
+from sdbridge.discovery.eureka import (
+    INLINE_DECODE_MAX,
+    MAX_DELTA_GAP,
+    EurekaDiscoverer,
+    EurekaSDConfig,
+)
 from sdbridge.errors import BackendError
 from sdbridge.model import TargetGroup
 from tests.doubles.eureka_double import EurekaDouble, instance, running
@@ -227,3 +232,13 @@ async def _until(condition: Callable[[], bool], limit: int = 600) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not reached")
+
+
+async def test_a_large_registry_is_decoded_off_the_event_loop(eureka: EurekaDouble) -> None:
+    for n in range(300):  # > INLINE_DECODE_MAX of XML
+        eureka.register(instance(f"app-{n % 30}", f"127.0.1.{n % 250 + 1}", 8000 + n))
+    async with discoverer(eureka.url) as d:
+        groups = await d.refresh()
+    assert eureka.body_bytes["/apps"] > INLINE_DECODE_MAX
+    assert sum(len(g.targets) for g in groups) == 300
+    assert d.decode_cpu > 0

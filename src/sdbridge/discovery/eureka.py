@@ -23,6 +23,7 @@ counted, once, where Prometheus would fail the whole refresh or keep a bad targe
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import Counter
@@ -80,6 +81,7 @@ DEFAULT_PORT = 80  # Prometheus's port for an instance without <port>
 # serves answers from a cache refreshed every 30 s: a delta can be trusted only if the
 # last successful fetch is younger than that, with a margin.
 MAX_DELTA_GAP = 120.0
+INLINE_DECODE_MAX = 256 * 1024  # larger answers are decoded in a worker thread
 DELTA_REFUSED_PAUSE = 600.0  # after a 403 (eureka.disableDelta), full fetches this long
 _STATUSES = frozenset({"UP", "DOWN", "STARTING", "OUT_OF_SERVICE", "UNKNOWN"})
 _GO_INT = re.compile(r"[+-]?[0-9]+")
@@ -563,6 +565,7 @@ class EurekaDiscoverer(RefreshDiscoverer[EurekaSDConfig]):
         self.delta_refused_until = 0.0
         self.reported: dict[tuple[str, str], str] = {}  # skipped instances already reported
         self.fetches: Counter[str] = Counter()  # full, delta, reconcile (for tests, benches)
+        self.decode_cpu = 0.0  # CPU seconds spent decoding answers (for benches)
 
     async def run(self, send: Send) -> None:
         async with self.http:
@@ -572,7 +575,18 @@ class EurekaDiscoverer(RefreshDiscoverer[EurekaSDConfig]):
         url = self.config.server + path
         where = f"{self.where}{path}"
         answer = await self.http.fetch("GET", url, where=where)
-        return parse_answer(answer.body, answer.headers.get("Content-Type", ""), where)
+        content_type = answer.headers.get("Content-Type", "")
+        if len(answer.body) <= INLINE_DECODE_MAX:
+            return self._decode(answer.body, content_type, where)
+        # A whole registry takes a good part of a second to decode: not on the event loop.
+        return await asyncio.to_thread(self._decode, answer.body, content_type, where)
+
+    def _decode(self, body: bytes, content_type: str, where: str) -> Applications:
+        started = time.thread_time()
+        try:
+            return parse_answer(body, content_type, where)
+        finally:
+            self.decode_cpu += time.thread_time() - started
 
     async def _full(self) -> Apps:
         self.fetches["full"] += 1
@@ -594,7 +608,7 @@ class EurekaDiscoverer(RefreshDiscoverer[EurekaSDConfig]):
         if apps is None:
             apps = await self._full()
             touched = None
-        # Nothing above changed any state: from here on the refresh cannot fail.
+        # Nothing above changed the local copy or the targets.
         self._commit(apps, touched, started)
         return list(self.groups.values())
 
@@ -626,18 +640,20 @@ class EurekaDiscoverer(RefreshDiscoverer[EurekaSDConfig]):
         return apps, touched
 
     def _commit(self, apps: Apps, touched: set[str] | None, started: float) -> None:
-        names = apps.keys() | self.groups.keys() if touched is None else touched
-        for name in names:
+        # Built aside and swapped in at the end: a failure leaves the last good set whole.
+        groups = {} if touched is None else dict(self.groups)
+        for name in apps.keys() if touched is None else touched:
             instances = apps.get(name, {})
             self._report_skipped(name, instances)
             group = app_group(name, instances)
             if group.targets:
-                self.groups[name] = group
+                groups[name] = group
             else:
-                self.groups.pop(name, None)
+                groups.pop(name, None)
         if touched is None:
             # A full fetch: forget reports of instances that are gone.
             self.reported = {k: v for k, v in self.reported.items() if k[1] in apps.get(k[0], {})}
+        self.groups = groups
         self.apps = apps
         self.fetched_at = started
 
