@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession
 
 from sdbridge.discovery.base import DiscoveryContext
 from sdbridge.discovery.eureka import (
@@ -242,3 +243,70 @@ async def test_a_large_registry_is_decoded_off_the_event_loop(eureka: EurekaDoub
     assert eureka.body_bytes["/apps"] > INLINE_DECODE_MAX
     assert sum(len(g.targets) for g in groups) == 300
     assert d.decode_cpu > 0
+
+
+async def test_the_double_speaks_eurekas_rest_api() -> None:
+    """Register, heartbeat, status override, metadata, cancel and eviction over HTTP,
+    as a Eureka client does them, and what /apps and /apps/delta then say."""
+    now = [0.0]
+    with running(clock=lambda: now[0]) as eureka:
+        async with ClientSession() as session:
+            json_body = {
+                "instance": {
+                    "instanceId": "h1:orders:8080",
+                    "hostName": "127.0.0.1",
+                    "app": "ORDERS",
+                    "ipAddr": "127.0.0.1",
+                    "status": "UP",
+                    "port": {"$": 8080, "@enabled": "true"},
+                    "dataCenterInfo": {"@class": "x", "name": "MyOwn"},
+                    "metadata": {"management.port": "9081"},
+                }
+            }
+            xml_body = (
+                "<instance><instanceId>h2:orders:8080</instanceId><hostName>127.0.0.2</hostName>"
+                '<app>ORDERS</app><status>UP</status><port enabled="true">8080</port>'
+                "<metadata><zone>z1</zone></metadata></instance>"
+            )
+            apps = f"{eureka.url}/apps"
+            async with session.post(f"{apps}/ORDERS", json=json_body) as response:
+                assert response.status == 204
+            headers = {"Content-Type": "application/xml"}
+            async with session.post(f"{apps}/ORDERS", data=xml_body, headers=headers) as response:
+                assert response.status == 204
+            assert eureka.hash_code() == "UP_2_"
+            async with session.put(f"{apps}/ORDERS/h1:orders:8080") as response:
+                assert response.status == 200  # heartbeat
+            async with session.put(f"{apps}/ORDERS/nobody") as response:
+                assert response.status == 404  # unknown lease: the client registers again
+            status = f"{apps}/ORDERS/h2:orders:8080/status?value=OUT_OF_SERVICE"
+            async with session.put(status) as response:
+                assert response.status == 200
+            async with session.put(f"{apps}/ORDERS/h1:orders:8080/metadata?v=2") as response:
+                assert response.status == 200
+            async with session.get(apps, headers={"Accept": "application/json"}) as response:
+                assert response.content_type == "application/json"
+                body = await response.json()
+            root = body["applications"]
+            assert root["apps__hashcode"] == "OUT_OF_SERVICE_1_UP_1_"
+            [orders] = root["application"]
+            ports = {i["instanceId"]: i["port"] for i in orders["instance"]}
+            assert ports["h1:orders:8080"] == {"$": 8080, "@enabled": "true"}
+            metadata = {i["instanceId"]: i["metadata"] for i in orders["instance"]}
+            assert metadata["h1:orders:8080"] == {"management.port": "9081", "v": "2"}
+            now[0] = 200.0  # past the delta window, and h2 missed its heartbeats
+            assert eureka.renew("ORDERS", "h1:orders:8080")
+            assert eureka.evict() == 1
+            async with session.get(f"{apps}/delta") as response:
+                assert response.content_type == "application/xml"  # XML unless JSON is asked
+                delta = await response.text()
+            assert "<actionType>DELETED</actionType>" in delta
+            assert "h1:orders:8080" not in delta  # its changes are older than 3 minutes
+            async with session.delete(f"{apps}/ORDERS/h1:orders:8080") as response:
+                assert response.status == 200
+            async with session.delete(f"{apps}/ORDERS/h1:orders:8080") as response:
+                assert response.status == 404
+            assert eureka.instances() == []
+            assert eureka.requests["register"] == 2
+            assert eureka.requests["heartbeat"] == 2
+            assert eureka.requests["cancel"] == 2
