@@ -173,7 +173,7 @@ async def test_json_answers_and_basic_auth() -> None:
     with running(json_only=True, basic_auth=("eureka", "s3cret")) as eureka:
         eureka.register(instance("web", "127.0.0.1", 8080, metadata={"a": "x&y"}))
         async with discoverer(eureka.url) as d:
-            with pytest.raises(BackendError, match="HTTP 401") as error:
+            with pytest.raises(BackendError, match=r"HTTP 401 \(check basic_auth") as error:
                 await d.refresh()
             assert "s3cret" not in str(error.value)
         auth = {"basic_auth": {"username": "eureka", "password": "s3cret"}}

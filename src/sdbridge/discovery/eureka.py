@@ -48,7 +48,7 @@ from ..model import (
     sanitize_label_name,
 )
 from . import register
-from ._http import HTTPClient, HTTPClientConfig, HTTPStatusError
+from ._http import HTTPClient, HTTPClientConfig, HTTPStatusError, status_error
 from .base import DiscoveryContext, RefreshConfig, RefreshDiscoverer, Send
 
 # Label names, as in prometheus/prometheus discovery/eureka/eureka.go.
@@ -83,6 +83,12 @@ DEFAULT_PORT = 80  # Prometheus's port for an instance without <port>
 MAX_DELTA_GAP = 120.0
 INLINE_DECODE_MAX = 256 * 1024  # larger answers are decoded in a worker thread
 DELTA_REFUSED_PAUSE = 600.0  # after a 403 (eureka.disableDelta), full fetches this long
+_HINTS = {
+    401: " (check basic_auth, authorization or oauth2)",
+    # ApplicationsResource answers 403 while the server may not serve reads: for up to
+    # eureka.waitTimeInMsWhenSyncEmpty (5 minutes) after it starts without peers' data.
+    403: " (a Eureka server refuses reads for a while after it starts; or forbidden)",
+}
 _STATUSES = frozenset({"UP", "DOWN", "STARTING", "OUT_OF_SERVICE", "UNKNOWN"})
 _GO_INT = re.compile(r"[+-]?[0-9]+")
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
@@ -574,7 +580,9 @@ class EurekaDiscoverer(RefreshDiscoverer[EurekaSDConfig]):
     async def _get(self, path: str) -> Applications:
         url = self.config.server + path
         where = f"{self.where}{path}"
-        answer = await self.http.fetch("GET", url, where=where)
+        answer = await self.http.fetch("GET", url, where=where, check=False)
+        if not 200 <= answer.status < 300:
+            raise status_error(where, answer.status, answer.body, _HINTS.get(answer.status, ""))
         content_type = answer.headers.get("Content-Type", "")
         if len(answer.body) <= INLINE_DECODE_MAX:
             return self._decode(answer.body, content_type, where)
