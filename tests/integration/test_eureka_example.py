@@ -1,5 +1,6 @@
 """examples/eureka: ``sdbridge check`` passes, and one pass against the Eureka double
-turns Spring Cloud metadata into the scrape port and ``__metrics_path__``."""
+turns Spring Cloud metadata into the scrape port and ``__metrics_path__``, which
+Prometheus itself (promtool, with the example's prometheus.yml) then scrapes."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.doubles.eureka_double import instance, running
+from tests.servers.prometheus import promtool_service_discovery
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "eureka"
 SDBRIDGE = str(Path(sys.executable).with_name("sdbridge"))
@@ -28,6 +31,7 @@ def test_the_example_config_checks() -> None:
     assert "OK (1 job(s), 1 mechanism(s))" in result.stdout
 
 
+@pytest.mark.prometheus
 def test_the_example_relabels_spring_cloud_metadata(tmp_path: Path) -> None:
     config = yaml.safe_load((EXAMPLE / "sdbridge.yml").read_text())
     config["global"]["data_dir"] = str(tmp_path / "data")
@@ -67,4 +71,16 @@ def test_the_example_relabels_spring_cloud_metadata(tmp_path: Path) -> None:
             },
             "targets": ["127.0.0.2:8080"],
         },
+    ]
+    # The example's prometheus.yml, reading this file: what Prometheus would scrape.
+    prometheus = yaml.safe_load((EXAMPLE / "prometheus.yml").read_text())
+    prometheus["scrape_configs"][0]["file_sd_configs"][0]["files"] = [str(tmp_path / "spring.json")]
+    results = promtool_service_discovery(prometheus, "spring", tmp_path, timeout=1)
+    scraped = sorted(
+        (r["labels"]["instance"], r["labels"]["__address__"], r["labels"]["__metrics_path__"])
+        for r in results
+    )
+    assert scraped == [
+        ("127.0.0.1:orders:8080", "127.0.0.1:9081", "/actuator/prometheus"),
+        ("127.0.0.2:billing:8080", "127.0.0.2:8080", "/actuator/prometheus"),
     ]
