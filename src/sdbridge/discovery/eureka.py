@@ -96,7 +96,7 @@ _GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
 
 class EurekaSDConfig(RefreshConfig, HTTPClientConfig):
-    """One ``eureka_sd_configs`` entry: Prometheus's eureka_sd options plus ``delta``.
+    """One ``eureka_sd_configs`` entry: Prometheus's options, ``delta``, ``request_timeout``.
 
     The shared HTTP client options (tls_config, basic_auth, authorization, oauth2,
     proxy_url, no_proxy, proxy_from_environment, follow_redirects) are inherited, as
