@@ -100,6 +100,16 @@ def test_a_spring_cloud_instance() -> None:
             "<hostName>h</hostName><metadata><a>x &amp; y</a><b><c>1</c></b><d/><e></e></metadata>",
             {M + "metadata_a": "x &amp; y", M + "metadata_b": "<c>1</c>"},
         ),
+        # The start tag ends at the first ">" outside quotes; CDATA and comments are raw.
+        (
+            '<hostName>h</hostName><metadata><a x="1>2">v</a><b><![CDATA[<&>]]></b>'
+            "<c>1<!-- c -->2</c></metadata>",
+            {
+                M + "metadata_a": "v",
+                M + "metadata_b": "<![CDATA[<&>]]>",
+                M + "metadata_c": "1<!-- c -->2",
+            },
+        ),
         # Local names (a namespace prefix is dropped), sanitized; later duplicates win.
         (
             "<hostName>h</hostName><metadata><p:k-1>1</p:k-1><k.1>2</k.1></metadata>",
