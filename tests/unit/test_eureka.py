@@ -7,9 +7,11 @@ fresh full copy, and the reconcile hash code agrees.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -357,3 +359,68 @@ def test_reconcile_hash_code_is_eurekas() -> None:
     for n, status in enumerate(["UP", "DOWN", "UP", "OUT_OF_SERVICE"]):
         double.register(instance("web", f"127.0.0.{n + 1}", status=status))
     assert hash_code(full_copy(parse_xml(double.render(), "w"))) == "DOWN_1_OUT_OF_SERVICE_1_UP_2_"
+
+
+def _sample_xml() -> bytes:
+    double = EurekaDouble()
+    double.register(instance("web", "127.0.0.1", 8080, metadata={"a": "x&y"}))
+    double.register(instance("api", "127.0.0.2", None, datacenter="Amazon"))
+    return double.render()
+
+
+_SAMPLE_XML = _sample_xml()  # truncated anywhere below
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_fields = st.sampled_from(
+    [
+        "hostName",
+        "instanceId",
+        "port",
+        "securePort",
+        "metadata",
+        "dataCenterInfo",
+        "countryId",
+        "status",
+        "actionType",
+    ]
+)
+
+
+@settings(max_examples=100)
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda cut, body: body[:cut],
+            st.integers(0, 2000),
+            st.just(_SAMPLE_XML),
+        ),
+        st.builds(
+            lambda instance: orjson.dumps(
+                {"applications": {"application": {"name": "A", "instance": instance}}}
+            ),
+            st.dictionaries(_fields, _json_values, max_size=5) | _json_values,
+        ),
+    )
+)
+def test_any_answer_decodes_or_fails_cleanly(body: bytes) -> None:
+    """Whatever the server sends, decoding gives instances or a BackendError, and an
+    instance gives a target or a ValueError: nothing else escapes."""
+    failures = []
+    for parse in (parse_xml, parse_json):
+        try:
+            answer = parse(body, "w")
+        except BackendError as error:
+            failures.append(str(error))
+            continue
+        for name, raws in answer.apps:
+            for raw in raws:
+                raw.key()
+                with contextlib.suppress(ValueError):
+                    instance_labels(name, raw)
+    assert all(message.startswith("w: ") for message in failures)
