@@ -19,7 +19,7 @@ from typing import Any
 
 from . import metrics
 from .config import GuardConfig
-from .render import Snapshot
+from .snapshot import Snapshot
 
 log = logging.getLogger("sdbridge.guard")
 
@@ -28,8 +28,8 @@ def removed_targets(previous: Snapshot, proposed: Snapshot) -> int:
     """How many of ``previous``'s targets have an address that ``proposed`` lacks."""
     if proposed.target_count == 0:
         return previous.target_count
-    kept = {entry.key[0] for entry in proposed.entries}
-    return sum(1 for entry in previous.entries if entry.key[0] not in kept)
+    kept = {entry.address for entry in proposed.entries}
+    return sum(1 for entry in previous.entries if entry.address not in kept)
 
 
 class Guard:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import metrics
+from .asyncutil import Backoff, wait_event
 from .config import GlobalConfig, JobConfigBase
 from .discovery import mechanisms
-from .discovery.base import Backoff, Discoverer, DiscoveryContext, MechanismConfig, wait_event
+from .discovery.base import Discoverer, DiscoveryContext, MechanismConfig
 from .errors import DiscoveryError, InvalidTargetError
 from .guard import Guard
 from .model import (

@@ -13,29 +13,28 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from hashlib import sha256
 
 import orjson
 import yaml
 
 from .model import ADDRESS_LABEL, LabelSet
+from .snapshot import Entry, Snapshot, SortKey, content_hash, join_entries
 
-SortKey = tuple[str, bytes]
-"""``(address, the entry's JSON)``: by address, then by the labels' canonical JSON."""
+__all__ = [  # Entry, Snapshot and SortKey live in snapshot.py; kept importable from here
+    "Entry",
+    "Snapshot",
+    "SortKey",
+    "content_hash",
+    "entry_address",
+    "finish_sort",
+    "make_entry",
+    "render_json",
+    "render_yaml",
+    "sort_entries",
+]
 
 _SORT_KEYS = orjson.OPT_SORT_KEYS
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One rendered target: its sort key, its labels and its JSON bytes."""
-
-    key: SortKey
-    labels: LabelSet
-    json: bytes
 
 
 _gc_lock = threading.Lock()
@@ -71,27 +70,24 @@ def gc_paused() -> Iterator[None]:
 def make_entry(labels: LabelSet) -> Entry:
     """Render one target's full label set (with ``__address__``) into an entry."""
     # Hot path (once per target per change): C-level dict operations only.
-    has_empty = "" in labels.values()
-    clean = {k: v for k, v in labels.items() if v != ""} if has_empty else dict(labels)
-    group_labels = dict(clean)
+    if "" in labels.values():
+        group_labels = {k: v for k, v in labels.items() if v != ""}
+    else:
+        group_labels = dict(labels)
     address = group_labels.pop(ADDRESS_LABEL)
     # orjson returns bytes with its whole (4 KiB or more) buffer still allocated; a copy of
     # the exact size keeps a job of 100,000 entries from holding ~10x the memory it needs.
-    body = b"%b" % orjson.dumps({"labels": group_labels, "targets": [address]}, option=_SORT_KEYS)
     # The JSON starts with the sorted labels, so it orders equal addresses by label set.
-    return Entry((address, body), clean, body)
+    body = b"%b" % orjson.dumps({"labels": group_labels, "targets": [address]}, option=_SORT_KEYS)
+    return Entry(address, body)
 
 
 def render_json(entries: Iterable[Entry], *, pretty: bool = False) -> bytes:
     """The file_sd JSON document of already sorted, deduplicated entries."""
-    parts = [e.json for e in entries]
-    if not parts:
-        return b"[]\n" if pretty else b"[]"
-    # Brackets go on the ends of the parts, so the document is built in one copy.
-    parts[0] = b"[" + parts[0]
-    parts[-1] = parts[-1] + b"]"
-    body = b",".join(parts)
+    body = join_entries(entries)
     if pretty:
+        if body == b"[]":
+            return b"[]\n"
         return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n"
     return body
 
@@ -101,13 +97,7 @@ _YamlDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 def render_yaml(entries: Iterable[Entry]) -> bytes:
     """The file_sd YAML document of already sorted entries (block style, keys sorted)."""
-    data = [
-        {
-            "labels": {k: v for k, v in e.labels.items() if k != ADDRESS_LABEL},
-            "targets": [e.labels[ADDRESS_LABEL]],
-        }
-        for e in entries
-    ]
+    data = [orjson.loads(e.json) for e in entries]
     # No line folding (width): a folded scalar is one more thing a YAML parser can differ on.
     text = yaml.dump(
         data,
@@ -122,7 +112,7 @@ def render_yaml(entries: Iterable[Entry]) -> bytes:
 
 def entry_address(entry: Entry) -> str:
     """An entry's ``__address__``: the primary sort key."""
-    return entry.key[0]
+    return entry.address
 
 
 def _json(entry: Entry) -> bytes:
@@ -142,7 +132,7 @@ def finish_sort(ordered: list[Entry]) -> list[Entry]:
 
     Returns ``ordered`` itself when every address is distinct (the common case).
     """
-    addresses = [e.key[0] for e in ordered]
+    addresses = [e.address for e in ordered]
     if len(set(addresses)) == len(addresses):
         return ordered
     result: list[Entry] = []
@@ -161,42 +151,3 @@ def finish_sort(ordered: list[Entry]) -> list[Entry]:
                     previous = entry.json
         start = end
     return result
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """An immutable published state of one job: its bytes and what they were made from."""
-
-    job: str
-    entries: tuple[Entry, ...]
-    body: bytes
-    etag: str
-    created: float = field(default_factory=time.time)
-    stale: bool = False  # loaded from last-known-good state, not from a fresh sync
-    groups: int = 0
-
-    @classmethod
-    def build(
-        cls, job: str, entries: list[Entry], *, groups: int = 0, stale: bool = False
-    ) -> Snapshot:
-        """Render sorted ``entries`` into a snapshot."""
-        body = render_json(entries)
-        return cls(
-            job=job,
-            entries=tuple(entries),
-            body=body,
-            # SHA-256 (hardware-accelerated on current CPUs: ~2x blake2b on a 45 MB job),
-            # truncated to 128 bits; it identifies content, it guards no secret.
-            etag=sha256(body).hexdigest()[:32],
-            stale=stale,
-            groups=groups,
-        )
-
-    @property
-    def target_count(self) -> int:
-        """How many targets the snapshot holds."""
-        return len(self.entries)
-
-    def targets(self) -> list[LabelSet]:
-        """Each target's full label set, in output order."""
-        return [e.labels for e in self.entries]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import ClassVar, Generic, Protocol, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from .. import metrics
+from ..asyncutil import Backoff, wait_event
 from ..durations import Duration
 from ..errors import SdbridgeError, describe
 from ..model import TargetGroup
@@ -165,6 +165,21 @@ class DiscoveryContext:
             self._duration.observe(duration)
 
 
+__all__ = [
+    "Backoff",  # re-exported: it moved to sdbridge.asyncutil
+    "BaseDiscoverer",
+    "Discoverer",
+    "DiscoveryContext",
+    "GroupDiff",
+    "MechanismConfig",
+    "MechanismStatus",
+    "RefreshConfig",
+    "RefreshDiscoverer",
+    "Send",
+    "resolve_path",
+    "wait_event",  # re-exported: it moved to sdbridge.asyncutil
+]
+
 C = TypeVar("C", bound=MechanismConfig)
 
 
@@ -208,37 +223,6 @@ class GroupDiff:
         changed = [g for s, g in current.items() if previous.get(s) != g]
         changed.extend(TargetGroup(source=s) for s in previous.keys() - current.keys())
         return changed
-
-
-class Backoff:
-    """Exponential backoff with full jitter between ``initial`` and ``maximum`` seconds."""
-
-    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
-        self.initial = initial
-        self.maximum = max(maximum, initial)
-        self.attempts = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; grows after every call until reset."""
-        ceiling = min(self.maximum, self.initial * 2**self.attempts)
-        self.attempts += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """Start again from ``initial`` after a success."""
-        self.attempts = 0
-
-
-async def wait_event(event: asyncio.Event, seconds: float) -> bool:
-    """Wait until ``event`` is set, at most ``seconds``; return whether it was set."""
-    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-    # arrives as the wait ends, and then a shutdown waits for the waiting task forever.
-    try:
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 RC = TypeVar("RC", bound=RefreshConfig)

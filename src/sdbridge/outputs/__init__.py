@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from .. import metrics
-from ..discovery.base import Backoff, wait_event
+from ..asyncutil import Backoff, wait_event
 from ..errors import OutputError
-from ..render import Snapshot
+from ..snapshot import Snapshot
 
 
 class Output(Protocol):

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .. import metrics
-from ..discovery.base import wait_event
+from ..asyncutil import wait_event
 from ..durations import format_duration, parse_duration
 from ..errors import BackendError, SdbridgeError
 from ..model import (

@@ -16,7 +16,7 @@ from ..daemon import Daemon
 from ..job import Job
 from ..masking import mask_config, mask_text
 from ..model import ADDRESS_LABEL, LabelSet
-from ..render import Snapshot
+from ..snapshot import Snapshot
 
 MAX_PER_PAGE = 1000
 DEFAULT_PER_PAGE = 100

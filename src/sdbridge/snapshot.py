@@ -1,0 +1,107 @@
+"""The published state of a job: :class:`Snapshot`, its :class:`Entry` items, one content hash.
+
+A snapshot is what every output and the web read; it is a core type, so it lives below
+the renderer, the job and the outputs. An entry is one rendered target: its address (the
+primary sort key) and its serialized file_sd group, nothing more, because a job of a
+million targets keeps a million of them (the label dict is decoded on demand, for the
+few readers that need it: the UI, YAML output, sharding).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from hashlib import sha256
+
+import orjson
+
+from .model import ADDRESS_LABEL, LabelSet
+
+SortKey = tuple[str, bytes]
+"""``(address, the entry's JSON)``: by address, then by the labels' canonical JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One rendered target: its ``__address__`` and its file_sd group as JSON bytes."""
+
+    address: str
+    json: bytes
+
+    @property
+    def key(self) -> SortKey:
+        """The sort key: by address, then by the JSON (which starts with the sorted labels)."""
+        return (self.address, self.json)
+
+    @property
+    def labels(self) -> LabelSet:
+        """The target's full label set, decoded from the JSON (with ``__address__``)."""
+        group = orjson.loads(self.json)
+        labels: LabelSet = group["labels"]
+        labels[ADDRESS_LABEL] = self.address
+        return labels
+
+
+def content_hash(body: bytes) -> str:
+    """The ETag of a body: the same bytes give the same tag, on every replica.
+
+    SHA-256 (hardware-accelerated on current CPUs: ~2x blake2b on a 45 MB job), truncated
+    to 128 bits; it identifies content, it guards no secret. Whole bodies and shards use it.
+    """
+    return sha256(body).hexdigest()[:32]
+
+
+def join_entries(entries: Iterable[Entry]) -> bytes:
+    """The compact file_sd JSON array of already sorted entries."""
+    parts = [e.json for e in entries]
+    if not parts:
+        return b"[]"
+    # Brackets go on the ends of the parts, so the document is built in one copy.
+    parts[0] = b"[" + parts[0]
+    parts[-1] = parts[-1] + b"]"
+    return b",".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An immutable published state of one job: its bytes and what they were made from."""
+
+    job: str
+    entries: tuple[Entry, ...]
+    body: bytes
+    etag: str
+    created: float = field(default_factory=time.time)
+    stale: bool = False  # loaded from last-known-good state, not from a fresh sync
+    groups: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        job: str,
+        entries: list[Entry] | tuple[Entry, ...],
+        *,
+        groups: int = 0,
+        stale: bool = False,
+        body: bytes | None = None,
+    ) -> Snapshot:
+        """Render sorted ``entries`` into a snapshot (``body``: their join, if known)."""
+        if body is None:
+            body = join_entries(entries)
+        return cls(
+            job=job,
+            entries=entries if isinstance(entries, tuple) else tuple(entries),
+            body=body,
+            etag=content_hash(body),
+            stale=stale,
+            groups=groups,
+        )
+
+    @property
+    def target_count(self) -> int:
+        """How many targets the snapshot holds."""
+        return len(self.entries)
+
+    def targets(self) -> list[LabelSet]:
+        """Each target's full label set, in output order."""
+        return [e.labels for e in self.entries]
