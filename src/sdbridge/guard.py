@@ -15,13 +15,31 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
 
 from . import metrics
 from .config import GuardConfig
 from .snapshot import Snapshot
 
 log = logging.getLogger("sdbridge.guard")
+
+
+@dataclass(frozen=True, slots=True)
+class GuardStatus:
+    """The guard's configuration and what it holds now (``held_*`` are None unless holding)."""
+
+    enabled: bool
+    max_drop_ratio: float
+    confirmations: int
+    hold_for: float
+    holding: bool
+    held_previous: int | None
+    held_proposed: int | None
+    held_removed: int | None
+    confirmations_seen: int | None
+    seconds_until_release: float | None
+    holds_total: int
+    last_release: str | None
 
 
 def removed_targets(previous: Snapshot, proposed: Snapshot) -> int:
@@ -135,20 +153,20 @@ class Guard:
         self._holding.set(0)
         return True
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GuardStatus:
         """The guard's state for the API and UI."""
         counts = self._held_counts if self.holding else None
-        return {
-            "enabled": self.config.enabled,
-            "max_drop_ratio": self.config.max_drop_ratio,
-            "confirmations": self.config.confirmations,
-            "hold_for": self.config.hold_for,
-            "holding": self.holding,
-            "held_previous": counts[0] if counts else None,
-            "held_proposed": counts[1] if counts else None,
-            "held_removed": counts[2] if counts else None,
-            "confirmations_seen": self._confirmations if self.holding else None,
-            "seconds_until_release": self.seconds_until_release(),
-            "holds_total": self.holds,
-            "last_release": self.last_release,
-        }
+        return GuardStatus(
+            enabled=self.config.enabled,
+            max_drop_ratio=self.config.max_drop_ratio,
+            confirmations=self.config.confirmations,
+            hold_for=self.config.hold_for,
+            holding=self.holding,
+            held_previous=counts[0] if counts else None,
+            held_proposed=counts[1] if counts else None,
+            held_removed=counts[2] if counts else None,
+            confirmations_seen=self._confirmations if self.holding else None,
+            seconds_until_release=self.seconds_until_release(),
+            holds_total=self.holds,
+            last_release=self.last_release,
+        )

@@ -128,9 +128,9 @@ async def test_full_disk_keeps_the_old_file_reports_and_recovers(
         assert str(out) in caplog.text
         assert job.snapshot is not None
         assert job.snapshot.target_count == 1500, "/sd serves the new set meanwhile"
-        outputs = {o["name"]: o for o in job.status()["outputs"]}
-        assert outputs["file"]["last_error"] is not None
-        assert outputs["state"]["last_error"] is not None
+        outputs = {o.name: o for o in job.status().outputs}
+        assert outputs["file"].last_error is not None
+        assert outputs["state"].last_error is not None
 
         # Space returns: the retry lands.
         filler.unlink()

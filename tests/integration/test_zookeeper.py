@@ -714,7 +714,7 @@ async def test_digest_auth_reads_protected_znodes(
             tmp_path, zookeeper.hosts, layout="serverset", paths=[path], digest_auth=auth
         ) as run:
             await run.addresses("127.0.0.1:5")
-            assert "s3cret" not in json.dumps(run.job.status()["mechanisms"][0]["config"])
+            assert "s3cret" not in json.dumps(run.job.status().mechanisms[0].config)
         # Without credentials the read is refused: a failed sync, and nothing published.
         async with running(
             tmp_path / "noauth", zookeeper.hosts, layout="serverset", paths=[path]

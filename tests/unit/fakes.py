@@ -12,6 +12,7 @@ from sdbridge.config import GlobalConfig, JobConfigBase, PublishDelay, config_mo
 from sdbridge.discovery.base import GroupDiff, Send
 from sdbridge.durations import format_duration
 from sdbridge.job import Job
+from sdbridge.job.publisher import Clock
 from sdbridge.model import TargetGroup
 from sdbridge.render import Snapshot
 
@@ -103,6 +104,7 @@ def make_job(
     delay: tuple[float, float] = (0.0, 0.0),
     fakes: list[FakeDiscoverer] | None = None,
     name: str = "test",
+    clock: Clock | None = None,
     **extra: Any,
 ) -> tuple[Job, list[FakeDiscoverer], RecordingOutput]:
     """A real Job whose mechanisms are fakes, with a recording output."""
@@ -111,7 +113,9 @@ def make_job(
     )
     global_config = GlobalConfig(publish_delay=publish_delay)
     output = RecordingOutput()
-    job = Job(job_config(name, mechanisms, **extra), global_config, extra_outputs=[output])
+    job = Job(
+        job_config(name, mechanisms, **extra), global_config, extra_outputs=[output], clock=clock
+    )
     fakes = fakes if fakes is not None else [FakeDiscoverer() for _ in range(mechanisms)]
     for runner, fake in zip(job.runners, fakes, strict=True):
         runner.discoverer = fake

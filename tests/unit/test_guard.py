@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 import sdbridge.guard
-import sdbridge.job
 from sdbridge.config import GuardConfig
 from sdbridge.guard import Guard, removed_targets
+from sdbridge.job.store import TargetStore
 from sdbridge.render import Snapshot, make_entry, sort_entries
 
 from .fakes import group, make_job, running, until
@@ -84,7 +84,7 @@ def test_confirmations_count_only_syncs_of_the_mechanism_that_dropped() -> None:
     guard.observe_sync(1, changed=False)
     guard.observe_sync(1, changed=False)
     assert not guard.admit(before, after)
-    assert guard.status()["confirmations_seen"] == 0
+    assert guard.status().confirmations_seen == 0
     guard.observe_sync(0, changed=False)
     assert not guard.admit(before, after)
     guard.observe_sync(0, changed=False)
@@ -111,9 +111,9 @@ async def test_glitch_is_held_visible_and_released_after_confirmations(
         assert job.snapshot.target_count == 10
         assert metric("sdbridge_guard_holding", name) == 1
         assert metric("sdbridge_guard_holds_total", name) == holds_before + 1
-        status = job.status()["guard"]
-        assert status["holding"] is True
-        assert (status["held_previous"], status["held_proposed"], status["held_removed"]) == (
+        status = job.status().guard
+        assert status.holding is True
+        assert (status.held_previous, status.held_proposed, status.held_removed) == (
             10,
             1,
             9,
@@ -126,7 +126,7 @@ async def test_glitch_is_held_visible_and_released_after_confirmations(
         await fake.send([])
         await until(lambda: job.snapshot is not None and job.snapshot.target_count == 1)
         assert metric("sdbridge_guard_holding", name) == 0
-        assert job.status()["guard"]["last_release"] == "confirmed by 2 syncs"
+        assert job.status().guard.last_release == "confirmed by 2 syncs"
     assert [s.target_count for s in out.snapshots] == [10, 1]
 
 
@@ -134,14 +134,14 @@ async def test_syncs_without_changes_do_not_rebuild_a_held_update(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     builds = 0
-    real_build = sdbridge.job._build
+    real_prepare = TargetStore.prepare_build
 
-    def counting_build(*args: Any) -> Any:
+    def counting_prepare(self: TargetStore) -> Any:
         nonlocal builds
         builds += 1
-        return real_build(*args)
+        return real_prepare(self)
 
-    monkeypatch.setattr(sdbridge.job, "_build", counting_build)
+    monkeypatch.setattr(TargetStore, "prepare_build", counting_prepare)
     job, (fake,), out = make_job(name="guard-rebuild", guard={"confirmations": 4, "hold_for": "1h"})
     async with running(job):
         await fake.send([group("all", *hosts(10))])
@@ -152,7 +152,7 @@ async def test_syncs_without_changes_do_not_rebuild_a_held_update(
         for _ in range(3):  # the guard re-decides on each sync, about the same snapshot
             await fake.send([])
             await asyncio.sleep(0.02)
-        assert job.guard.status()["confirmations_seen"] == 3
+        assert job.guard.status().confirmations_seen == 3
         assert builds == held_builds
         await fake.send([])
         await until(lambda: len(out.snapshots) == 2)
@@ -226,7 +226,7 @@ async def test_disabled_guard_publishes_the_drop_at_once() -> None:
         await until(lambda: job.snapshot is not None)
         await fake.send([group("all")])
         await until(lambda: job.snapshot is not None and job.snapshot.target_count == 0)
-        assert job.status()["guard"]["holds_total"] == 0
+        assert job.status().guard.holds_total == 0
     assert [s.target_count for s in out.snapshots] == [10, 0]
 
 
@@ -245,10 +245,10 @@ async def test_guard_compares_with_a_restored_snapshot() -> None:
 
 
 def test_status_shape() -> None:
-    status: dict[str, Any] = Guard(GuardConfig(), job="shape").status()
-    assert status["enabled"] is True
-    assert status["holding"] is False
-    assert status["max_drop_ratio"] == 0.5
+    status = Guard(GuardConfig(), job="shape").status()
+    assert status.enabled is True
+    assert status.holding is False
+    assert status.max_drop_ratio == 0.5
 
 
 async def test_returning_to_the_published_set_ends_the_hold() -> None:

@@ -1,4 +1,4 @@
-"""The Job: merging by (config index, source), quiescence, first-sync gating, restarts."""
+"""The Job: merging by (config index, source), publish pacing, first-sync gating, restarts."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sdbridge.discovery
-from sdbridge.config import GlobalConfig
+from sdbridge.config import GlobalConfig, PublishDelay
 from sdbridge.discovery.base import Send
 from sdbridge.job import Job
+from sdbridge.job.publisher import PublishPacer
 from sdbridge.model import TargetGroup
 
 from .fakes import DiffingFake, FakeDiscoverer, group, job_config, make_job, running, until
@@ -66,16 +67,87 @@ async def test_an_empty_first_sync_publishes_an_empty_list() -> None:
         assert len(out.snapshots) == 1
 
 
-async def test_a_burst_of_changes_gives_one_publish() -> None:
-    job, (a,), out = make_job(delay=(0.3, 5.0))
+class ManualClock:
+    """A publisher clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._moved = asyncio.Event()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        until_time = self.now + seconds
+        while self.now < until_time:
+            self._moved.clear()
+            await self._moved.wait()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self._moved.set()
+
+
+async def test_an_isolated_change_is_published_without_waiting_for_min() -> None:
+    # The clock never moves here: a publish that waited for publish_delay.min never comes.
+    clock = ManualClock()
+    job, (a,), out = make_job(delay=(60.0, 120.0), clock=clock)
     async with running(job):
-        for n in range(1, 30):
-            await a.send([group(str(n), f"127.0.0.{n}:80")])
-        await asyncio.wait_for(job.wait_published(), 10)
-        assert len(out.snapshots) == 1
-        assert out.snapshots[0].target_count == 29
-        await asyncio.sleep(0.5)  # nothing left to publish
-        assert len(out.snapshots) == 1
+        await a.send([group("x", "127.0.0.1:1")])
+        await until(lambda: len(out.snapshots) == 1, what="the first publish")
+        clock.advance(3600)  # a quiet hour
+        await a.send([group("y", "127.0.0.2:1")])
+        await until(lambda: len(out.snapshots) == 2, what="the change, published at once")
+        assert out.snapshots[1].target_count == 2
+
+
+async def test_a_burst_of_200_changes_in_one_second_gives_a_handful_of_publishes() -> None:
+    # The default publish_delay (min 250ms, max 2s); 200 changes 5ms apart on the clock.
+    clock = ManualClock()
+    job, (a,), out = make_job(delay=(0.25, 2.0), clock=clock)
+    async with running(job):
+        await a.send([group("base", "127.0.0.1:1")])
+        await until(lambda: len(out.snapshots) == 1)
+        clock.advance(60)
+        for n in range(200):
+            await a.send([group(str(n), f"127.0.1.{n}:80")])
+            clock.advance(0.005)
+            await asyncio.sleep(0)  # let a due publish run
+        clock.advance(2.0)  # the burst is over: the rest goes out
+        await until(lambda: out.snapshots[-1].target_count == 201, what="the whole burst")
+        burst = len(out.snapshots) - 1
+        assert 2 <= burst <= 6, f"{burst} publishes for one burst"
+        await a.send([])  # nothing left to publish
+        await asyncio.sleep(0.05)
+        assert len(out.snapshots) == burst + 1
+
+
+def test_pacer_spaces_a_busy_job_by_its_publish_cost() -> None:
+    now = [0.0]
+    pacer = PublishPacer(PublishDelay(), clock=lambda: now[0])
+    pacer.changed()
+    assert pacer.due() == 0.0  # leading edge
+    started = pacer.started()
+    now[0] = 0.4  # a publish that took 400ms
+    pacer.finished(started)
+    pacer.changed()
+    due = pacer.due()
+    assert due is not None
+    assert due == pytest.approx(1.2)  # 3x its cost, more than min (250ms)
+    now[0] = 5.0
+    pacer.changed()  # a later change after a quiet period: no wait
+    assert pacer.due() == pytest.approx(1.2)
+
+
+def test_pacer_never_waits_longer_than_max_after_the_first_change() -> None:
+    now = [0.0]
+    pacer = PublishPacer(PublishDelay(), clock=lambda: now[0])
+    pacer.changed()
+    started = pacer.started()
+    now[0] = 10.0  # a very slow publish: 3x its cost would be 30s
+    pacer.finished(started)
+    pacer.changed()
+    assert pacer.due() == pytest.approx(12.0)  # first change + max (2s)
 
 
 async def test_publish_delay_max_bounds_a_continuous_stream() -> None:
@@ -157,8 +229,10 @@ async def test_a_restarted_discoverer_replaces_its_groups(monkeypatch: pytest.Mo
             "127.0.0.3:1",
             "127.0.0.9:1",
         ]
+        # The crash is counted; the restart's accepted full set is a successful sync.
         status = job.runners[0].context.status
-        assert status.last_error == "backend connection lost"
+        assert status.failures == 1
+        assert status.last_error is None
 
 
 async def test_a_discoverer_whose_constructor_fails_only_fails_its_mechanism(

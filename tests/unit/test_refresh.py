@@ -44,6 +44,7 @@ class Scripted(RefreshDiscoverer[RefreshConfig]):
 async def run_until(discoverer: Scripted, sends: list[list[TargetGroup]], calls: int) -> None:
     async def send(groups: list[TargetGroup]) -> None:
         sends.append(groups)
+        discoverer.context.record_sync()  # what the job does with every accepted send
 
     task = asyncio.create_task(discoverer.run(send))
     try:
@@ -78,6 +79,7 @@ async def test_a_failed_refresh_sends_nothing_and_is_retried_with_backoff() -> N
 
     async def send(groups: list[TargetGroup]) -> None:
         sends.append(groups)
+        discoverer.context.record_sync()  # what the job does with every accepted send
 
     task = asyncio.create_task(discoverer.run(send))
     try:

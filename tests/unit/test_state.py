@@ -221,15 +221,15 @@ async def test_restart_serves_last_known_good_as_stale_until_first_sync(tmp_path
         assert restored.body == published.body
         assert metric("sdbridge_job_stale", job=name) == 1
         status = second.status()
-        assert status["stale"] is True
-        assert status["stale_since"] == pytest.approx(published.created)
-        assert not status["synced"]
+        assert status.stale is True
+        assert status.stale_since == pytest.approx(published.created)
+        assert not status.synced
         # The first complete sync replaces it, even with the same targets.
         await fake.send([group("g", "127.0.0.1:1", "127.0.0.1:2", env="p")])
         await until(lambda: second.snapshot is not None and not second.snapshot.stale)
         assert second.snapshot.body == published.body
         assert metric("sdbridge_job_stale", job=name) == 0
-        assert second.status()["stale"] is False
+        assert second.status().stale is False
 
 
 async def test_restored_snapshot_is_written_to_a_missing_file_and_not_rewritten(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -26,7 +27,7 @@ def daemon() -> Daemon:
     )
     hostile = targets(2)
     hostile[0]["note"] = "<script>alert(1)</script>"
-    daemon.jobs["web"]._snapshot = snapshot_of("web", targets(250, env="prod") + hostile)
+    daemon.jobs["web"].publisher.snapshot = snapshot_of("web", targets(250, env="prod") + hostile)
     return daemon
 
 
@@ -233,8 +234,11 @@ async def test_ui_shows_a_failed_reload(client: Client, daemon: Daemon) -> None:
 async def test_ui_shows_the_guard_holding(
     client: Client, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    holding = {"holding": True, "held_previous": 1000, "held_proposed": 10, "confirmations": 3}
-    monkeypatch.setattr(daemon.jobs["web"].guard, "status", lambda: holding)
+    guard = daemon.jobs["web"].guard
+    holding = dataclasses.replace(
+        guard.status(), holding=True, held_previous=1000, held_proposed=10, confirmations=3
+    )
+    monkeypatch.setattr(guard, "status", lambda: holding)
     assert (await (await client.get("/api/v1/jobs/web")).json())["data"]["state"] == "holding"
     text = await (await client.get("/jobs/web")).text()
     assert 'id="guard-holding"' in text

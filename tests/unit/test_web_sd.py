@@ -156,7 +156,7 @@ async def test_new_snapshot_changes_etag(
     first = await client.get("/sd/web")
     old_etag = first.headers["ETag"]
     job = daemon.jobs["web"]
-    job._snapshot = snapshot_of("web", targets(10, env="dev"))
+    job.publisher.snapshot = snapshot_of("web", targets(10, env="dev"))
     response = await client.get("/sd/web", headers={"If-None-Match": old_etag})
     assert response.status == 200
     assert response.headers["ETag"] != old_etag

@@ -9,7 +9,8 @@ Polling mechanisms subclass :class:`RefreshDiscoverer` and implement ``refresh()
 which returns the full set or raises: the base supplies the interval, the diffing,
 backoff with jitter, metrics, status and "raise means keep the last good".
 Watch-based mechanisms implement ``run`` and use :class:`GroupDiff`, :class:`Backoff`
-and :meth:`DiscoveryContext.record_success` / :meth:`record_failure` for the same.
+and :meth:`DiscoveryContext.record_failure` / :meth:`record_current` for the same; the job
+records every accepted send as a successful sync.
 """
 
 from __future__ import annotations
@@ -86,7 +87,12 @@ class RefreshConfig(MechanismConfig):
 
 @dataclass
 class MechanismStatus:
-    """What the job, the API and the UI know of one mechanism's health."""
+    """What the job, the API and the UI know of one mechanism's health.
+
+    ``last_success``: the last accepted update or "watch current" event (the view was
+    known current then). ``last_current``: the last "watch current" event alone.
+    ``refreshes`` counts accepted updates and failures.
+    """
 
     synced: bool = False
     last_success: float | None = None
@@ -94,17 +100,30 @@ class MechanismStatus:
     failing_since: float | None = None
     refreshes: int = 0
     failures: int = 0
+    last_current: float | None = None
 
 
 @dataclass
 class DiscoveryContext:
-    """Where a discoverer runs: its job, mechanism name and index, logger, status."""
+    """Where a discoverer runs: its job, mechanism name and index, logger, status.
+
+    Health is reported one way. The job records a successful sync
+    (:meth:`record_sync`) whenever it accepts an update from the mechanism, so a
+    mechanism never reports its own successes; it reports only
+
+    - :meth:`record_failure`: a refresh, a watch or a connection failed (nothing sent);
+    - :meth:`record_current`: the backend confirmed the mechanism's view is still current
+      without anything to send (an etcd progress notification, a blocking query or
+      long-poll that returned with nothing new).
+    """
 
     job: str
     mechanism: str
     index: int = 0
     data_dir: Path | None = None
     status: MechanismStatus = field(default_factory=MechanismStatus)
+    # Called after every recorded failure (the job's ``sync_once`` waits on it).
+    on_failure: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.logger = logging.LoggerAdapter(
@@ -128,20 +147,37 @@ class DiscoveryContext:
         self._invalid.inc()
         self.logger.warning("skipping invalid backend object %s: %s", what, error)
 
+    def observe_duration(self, seconds: float) -> None:
+        """Record how long a refresh (or a full resync) took; health is not touched."""
+        self._duration.observe(seconds)
+
+    def record_sync(self) -> None:
+        """The job accepted an update of this mechanism (called by the job only)."""
+        self._healthy(time.time())
+        self.status.synced = True
+        self.status.refreshes += 1
+        self._refreshes.inc()
+
+    def record_current(self, duration: float | None = None) -> None:
+        """The backend confirmed the view is current, with nothing to send."""
+        now = time.time()
+        self._healthy(now)
+        self.status.last_current = now
+        if duration is not None:
+            self._duration.observe(duration)
+
     def record_success(self, duration: float | None = None) -> None:
-        """Mark a completed sync; logs recovery once."""
+        """Older name of :meth:`record_current`, kept for plugins written against it."""
+        self.record_current(duration)
+
+    def _healthy(self, now: float) -> None:
         status = self.status
         if status.failing_since is not None:
             self.logger.info("mechanism recovered after %d failure(s)", status.failures)
-        status.synced = True
-        status.last_success = time.time()
+        status.last_success = now
         status.last_error = None
         status.failing_since = None
-        status.refreshes += 1
-        self._refreshes.inc()
         self._up.set(1)
-        if duration is not None:
-            self._duration.observe(duration)
 
     def record_failure(self, error: BaseException, duration: float | None = None) -> None:
         """Mark a failed sync; logs only when the failure starts or its message changes."""
@@ -163,6 +199,8 @@ class DiscoveryContext:
         self._up.set(0)
         if duration is not None:
             self._duration.observe(duration)
+        if self.on_failure is not None:
+            self.on_failure()
 
 
 __all__ = [
@@ -276,7 +314,8 @@ class RefreshDiscoverer(BaseDiscoverer[RC]):
                 self.context.record_failure(exc, time.monotonic() - started)
                 delay = min(backoff.next_delay(), interval)
             else:
-                self.context.record_success(time.monotonic() - started)
+                # The job records the sync when it accepts the send below.
+                self.context.observe_duration(time.monotonic() - started)
                 backoff.reset()
                 await send(changes)
                 delay = interval

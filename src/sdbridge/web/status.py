@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..daemon import Daemon
-from ..job import Job
+from ..job import Job, JobStatus
 from ..masking import mask_config, mask_text
 from ..model import ADDRESS_LABEL, LabelSet
 from ..snapshot import Snapshot
@@ -22,28 +22,28 @@ MAX_PER_PAGE = 1000
 DEFAULT_PER_PAGE = 100
 
 
-def job_state(status: dict[str, Any]) -> str:
+def job_state(status: JobStatus) -> str:
     """One word for a job, from its ``status()``: syncing, failing, holding, stale or ok."""
-    if any(m["last_error"] for m in status["mechanisms"]):
+    if any(m.health.last_error for m in status.mechanisms):
         return "failing"
-    if status["stale"] is None:  # no snapshot yet
+    if status.stale is None:  # no snapshot yet
         return "syncing"
-    if status.get("guard", {}).get("holding"):
+    if status.guard.holding:
         return "holding"
-    if status["stale"]:
+    if status.stale:
         return "stale"
     return "ok"
 
 
-def job_errors(status: dict[str, Any]) -> list[str]:
+def job_errors(status: JobStatus) -> list[str]:
     """Every current error of a job (mechanisms and outputs), each naming its source."""
     errors = []
-    for m in status["mechanisms"]:
-        if m["last_error"]:
-            errors.append(f"{m['name']}_sd_configs[{m['index']}]: {m['last_error']}")
-    for output in status["outputs"]:
-        if output["last_error"]:
-            errors.append(f"output {output['name']}: {output['last_error']}")
+    for m in status.mechanisms:
+        if m.health.last_error:
+            errors.append(f"{m.label}: {mask_text(m.health.last_error)}")
+    for output in status.outputs:
+        if output.last_error:
+            errors.append(f"output {output.name}: {mask_text(output.last_error)}")
     return errors
 
 
@@ -51,15 +51,16 @@ def job_summary(job: Job) -> dict[str, Any]:
     """The API's view of one job, without its targets."""
     status = job.status()
     last_sync = max(
-        (m["last_success"] for m in status["mechanisms"] if m["last_success"]), default=None
+        (m.health.last_success for m in status.mechanisms if m.health.last_success), default=None
     )
-    for m in status["mechanisms"]:
+    data = status.as_json()
+    for m in data["mechanisms"]:
         m["config"] = mask_config(m["config"])
         m["last_error"] = m["last_error"] and mask_text(m["last_error"])
-    for output in status["outputs"]:
+    for output in data["outputs"]:
         output["last_error"] = output["last_error"] and mask_text(output["last_error"])
     return {
-        **status,
+        **data,
         "state": job_state(status),
         "errors": job_errors(status),
         "last_sync": last_sync,

@@ -263,14 +263,14 @@ async def job_page(request: web.Request) -> web.Response:
     error_box = (
         f'<div class="banner error" id="job-errors"><ul>{errors}</ul></div>' if errors else ""
     )
-    guard = s["guard"]
+    guard = job.guard.status()
     guard_box = (
         '<div class="banner warn" id="guard-holding">The mass-deletion guard holds the '
-        f"previous {_count(guard.get('held_previous'))} target(s) back from an update to "
-        f"{_count(guard.get('held_proposed'))}; it is published after "
-        f"{_count(guard.get('confirmations'))} confirming syncs or "
-        f"{_count(guard.get('seconds_until_release'))}s.</div>"
-        if guard.get("holding")
+        f"previous {_count(guard.held_previous)} target(s) back from an update to "
+        f"{_count(guard.held_proposed)}; it is published after "
+        f"{_count(guard.confirmations)} confirming syncs or "
+        f"{_count(guard.seconds_until_release)}s.</div>"
+        if guard.holding
         else ""
     )
     outputs = "".join(
