@@ -28,6 +28,7 @@ __all__ = [  # Entry, Snapshot and SortKey live in snapshot.py; kept importable 
     "content_hash",
     "entry_address",
     "finish_sort",
+    "fresh_str",
     "make_entry",
     "render_json",
     "render_yaml",
@@ -67,6 +68,17 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+def fresh_str(text: str) -> str:
+    """A new string object equal to ``text``.
+
+    Long-lived data (entries, store keys) must not hold on to single objects of a large
+    transient one (the parsed JSON of a 45 MB update): each such survivor pins the
+    allocator arena it sits in, and a few survivors per arena kept the whole update's
+    memory resident (see bench/README.md, "memory").
+    """
+    return (" " + text)[1:]
+
+
 def make_entry(labels: LabelSet) -> Entry:
     """Render one target's full label set (with ``__address__``) into an entry."""
     # Hot path (once per target per change): C-level dict operations only.
@@ -74,7 +86,9 @@ def make_entry(labels: LabelSet) -> Entry:
         group_labels = {k: v for k, v in labels.items() if v != ""}
     else:
         group_labels = dict(labels)
-    address = group_labels.pop(ADDRESS_LABEL)
+    # A fresh copy of the address: the entry outlives the parsed update it came from, and
+    # keeping that update's string alive would pin its memory (see fresh_str).
+    address = fresh_str(group_labels.pop(ADDRESS_LABEL))
     # orjson returns bytes with its whole (4 KiB or more) buffer still allocated; a copy of
     # the exact size keeps a job of 100,000 entries from holding ~10x the memory it needs.
     # The JSON starts with the sorted labels, so it orders equal addresses by label set.

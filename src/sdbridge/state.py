@@ -32,7 +32,9 @@ from .errors import InvalidTargetError, OutputError
 from .model import parse_file_sd
 from .outputs import SnapshotWriter
 from .outputs.file import atomic_write, remove_stale_temp_files
-from .render import Snapshot, make_entry, sort_entries
+from .render import make_entry, sort_entries
+from .snapshot import Snapshot
+from .workers import run_publish_work
 
 log = logging.getLogger("sdbridge.state")
 
@@ -183,13 +185,13 @@ class StateOutput(SnapshotWriter):
     async def _write(self, snapshot: Snapshot) -> None:
         if snapshot.body == self._written:
             return
-        data = encode_state(snapshot)
         # Shielded: a shutdown lets an in-flight write finish instead of abandoning it.
-        await asyncio.shield(asyncio.to_thread(self._store, data))
+        await asyncio.shield(run_publish_work(self._store, snapshot))
         self._written = snapshot.body
         self._published.inc()
 
-    def _store(self, data: bytes) -> None:
+    def _store(self, snapshot: Snapshot) -> None:
+        data = encode_state(snapshot)  # here, off the event loop: it copies and hashes the body
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

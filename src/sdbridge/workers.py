@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -35,7 +35,25 @@ def publish_executor() -> ThreadPoolExecutor:
         return _executor
 
 
+_in_flight: set[asyncio.Future[Any]] = set()
+
+
 async def run_publish_work(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``func`` on the publishing pool and wait for its result."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(publish_executor(), functools.partial(func, *args, **kwargs))
+    future = loop.run_in_executor(publish_executor(), functools.partial(func, *args, **kwargs))
+    _in_flight.add(future)
+    future.add_done_callback(_in_flight.discard)
+    return await future
+
+
+async def settle() -> None:
+    """Wait for the work already handed to the pool (a shielded file write) to finish.
+
+    asyncio.run waits for its default executor at exit, not for this one: a job that
+    stops calls this, so a write in flight lands (or fails) before the process ends.
+    """
+    loop = asyncio.get_running_loop()
+    pending = [f for f in _in_flight if f.get_loop() is loop]
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -211,6 +211,7 @@ class Harness:
 
     async def send(self, groups: list[TargetGroup]) -> None:
         self.sends.append(groups)
+        self.context.record_sync()  # the job records every accepted update as a sync
         for group in groups:
             if group.targets:
                 self.groups[group.source] = group

@@ -16,6 +16,7 @@ records every accepted send as a successful sync.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from .. import metrics
@@ -239,10 +241,14 @@ class GroupDiff:
 
     The first call returns the whole set; later calls return only groups that changed,
     plus an empty group for each source that disappeared.
+
+    It remembers a 128-bit digest of each source's group, not the group: a mechanism of
+    100,000 targets would otherwise keep all of them as Python dicts between refreshes
+    (about 2.5 KB a target), after the job has already rendered them compactly.
     """
 
     def __init__(self) -> None:
-        self._last: dict[str, TargetGroup] | None = None
+        self._last: dict[str, bytes] | None = None
 
     def reset(self) -> None:
         """Forget the last set: the next call returns a full set again."""
@@ -250,17 +256,23 @@ class GroupDiff:
 
     def changes(self, groups: list[TargetGroup]) -> list[TargetGroup]:
         """Return what changed since the previous full set; raise on duplicate sources."""
-        current: dict[str, TargetGroup] = {}
+        current: dict[str, bytes] = {}
         for group in groups:
             if group.source in current:
                 raise SdbridgeError(f"duplicate source {group.source!r} in one refresh")
-            current[group.source] = group
+            current[(" " + group.source)[1:]] = group_digest(group)  # a copy: see render.fresh_str
         previous, self._last = self._last, current
         if previous is None:
-            return list(current.values())
-        changed = [g for s, g in current.items() if previous.get(s) != g]
+            return list(groups)
+        changed = [g for g in groups if previous.get(g.source) != current[g.source]]
         changed.extend(TargetGroup(source=s) for s in previous.keys() - current.keys())
         return changed
+
+
+def group_digest(group: TargetGroup) -> bytes:
+    """A digest equal for equal groups (label order does not matter, target order does)."""
+    data = orjson.dumps((group.labels, group.targets), option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 RC = TypeVar("RC", bound=RefreshConfig)
@@ -319,6 +331,9 @@ class RefreshDiscoverer(BaseDiscoverer[RC]):
                 backoff.reset()
                 await send(changes)
                 delay = interval
+                # The job has rendered them: drop the groups (100,000 targets are ~250 MB
+                # of dicts) instead of keeping them alive through the sleep.
+                del changes
             await self._sleep(delay)
 
     async def _sleep(self, delay: float) -> None:

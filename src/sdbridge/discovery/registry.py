@@ -96,7 +96,6 @@ class RegistryDiscoverer(BaseDiscoverer[RegistrySDConfig]):
                     for i in store.instances()
                     if (not wanted or i.service in wanted) and (group := self._group(i))
                 ]
-                self.context.record_success()
                 await send(full)
                 while True:
                     await changed.wait()
@@ -113,7 +112,6 @@ class RegistryDiscoverer(BaseDiscoverer[RegistrySDConfig]):
                             groups.append(
                                 self._group(current) or TargetGroup(source=source_of(key))
                             )
-                    self.context.record_success()
                     await send(groups)
 
     def _group(self, instance: Instance) -> TargetGroup | None:

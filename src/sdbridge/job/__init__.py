@@ -39,7 +39,7 @@ from ..relabel import compile_rules
 from ..render import gc_paused
 from ..snapshot import Snapshot
 from ..state import StateOutput
-from ..workers import run_publish_work
+from ..workers import run_publish_work, settle
 from .publisher import Clock, Publisher
 from .status import JobStatus, MechanismState, OutputState
 from .store import Origin, RenderedGroups, TargetStore
@@ -191,14 +191,17 @@ class Job:
             restored = await self.state_output.load()
             if restored is not None:
                 self.restore(restored)
-        async with asyncio.TaskGroup() as tasks:
-            for output in self.outputs:
-                tasks.create_task(
-                    self._run_output(output), name=f"{self.name}/output/{output.name}"
-                )
-            for runner in self.runners:
-                tasks.create_task(self._supervise(runner), name=f"{self.name}/{runner.label}")
-            tasks.create_task(self.publisher.run(), name=f"{self.name}/publish")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for output in self.outputs:
+                    tasks.create_task(
+                        self._run_output(output), name=f"{self.name}/output/{output.name}"
+                    )
+                for runner in self.runners:
+                    tasks.create_task(self._supervise(runner), name=f"{self.name}/{runner.label}")
+                tasks.create_task(self.publisher.run(), name=f"{self.name}/publish")
+        finally:
+            await settle()  # an output's shielded write in flight lands before we return
 
     async def _run_output(self, output: Output) -> None:
         """Run an output; one that crashes (a bug) is logged and restarted, never fatal."""

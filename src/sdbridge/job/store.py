@@ -26,7 +26,7 @@ from ..model import (
     target_problem,
 )
 from ..relabel import Rule, process
-from ..render import entry_address, finish_sort, make_entry
+from ..render import entry_address, finish_sort, fresh_str, make_entry
 from ..snapshot import Entry, Snapshot
 
 GroupKey = tuple[int, str]
@@ -77,7 +77,7 @@ class TargetStore:
         """Relabel and render an update; invalid relabeled targets are counted and skipped."""
         result: RenderedGroups = []
         for group in groups:
-            key = (origin.index, group.source)
+            key = (origin.index, fresh_str(group.source))
             if not group.targets:
                 result.append((key, None))
                 continue

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import OutputError
 from ..render import Snapshot, render_json, render_yaml
+from ..workers import run_publish_work
 from . import SnapshotWriter
 
 log = logging.getLogger("sdbridge.outputs.file")
@@ -138,11 +139,11 @@ class FileOutput(SnapshotWriter):
         await self._write(snapshot)
 
     async def _write(self, snapshot: Snapshot) -> None:
-        data = await asyncio.to_thread(render_for, self.path, snapshot, pretty=self.pretty)
+        data = await run_publish_work(render_for, self.path, snapshot, pretty=self.pretty)
         if data == self._written:
             return
         # Shielded: a shutdown waits for an in-flight write instead of abandoning it.
-        await asyncio.shield(asyncio.to_thread(atomic_write, self.path, data, self.mode))
+        await asyncio.shield(run_publish_work(atomic_write, self.path, data, self.mode))
         self._written = data
         self._published.inc()
         log.debug("wrote %d targets to %s", snapshot.target_count, self.path)

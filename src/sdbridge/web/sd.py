@@ -25,8 +25,8 @@ from prometheus_client import Counter
 
 from .. import metrics
 from ..config import JOB_NAME_RE
-from ..model import ADDRESS_LABEL
-from ..render import Snapshot, render_json
+from ..render import render_json
+from ..snapshot import Snapshot, content_hash
 
 JSON_CONTENT_TYPE = "application/json"
 MAX_JOB_NAME = 200
@@ -96,11 +96,11 @@ def split_shards(snapshot: Snapshot, shards: int) -> list[Representation]:
     """The ``shards`` bodies of a snapshot; every target lands in exactly one."""
     buckets: list[list[int]] = [[] for _ in range(shards)]
     for position, entry in enumerate(snapshot.entries):
-        buckets[shard_of(entry.labels[ADDRESS_LABEL], shards)].append(position)
+        buckets[shard_of(entry.address, shards)].append(position)
     result = []
     for bucket in buckets:
         body = render_json(snapshot.entries[i] for i in bucket)
-        etag = hashlib.blake2b(body, digest_size=16).hexdigest()
+        etag = content_hash(body)  # the whole body's hash function: same bytes, same tag
         result.append(Representation(body, etag, len(bucket)))
     return result
 

@@ -141,7 +141,7 @@ class _Watch:
                 self.context.record_failure(exc, time.monotonic() - started)
                 await asyncio.sleep(_delay(backoff, exc))
                 continue
-            self.context.record_success(time.monotonic() - started)
+            self.context.observe_duration(time.monotonic() - started)
             break
         async with asyncio.TaskGroup() as tasks:
             for kind in POLLS:
@@ -216,7 +216,8 @@ class _Watch:
                 gap = True
                 continue
             if new_index == index and not gap:
-                continue  # the wait ran out: nothing changed
+                self.context.record_current()  # the wait ran out: nothing changed
+                continue
             self.indexes[kind] = new_index
             self.events.put_nowait(_Event(kind, parsed=parsed, gap=gap))
             gap = False
@@ -269,7 +270,7 @@ class _Watch:
                 backoff.reset()
                 retry_at = None
                 if not self.failing:
-                    self.context.record_success(time.monotonic() - started)
+                    self.context.observe_duration(time.monotonic() - started)
         finally:
             if sweep_task is not None:
                 sweep_task.cancel()
@@ -296,7 +297,7 @@ class _Watch:
             return
         backoff.reset()
         if not self.failing:
-            self.context.record_success(duration)
+            self.context.observe_duration(duration)
 
     def _next_wakeup(
         self, pending: _Pending, retry_at: float | None, sweeping: bool

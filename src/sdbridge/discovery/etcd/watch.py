@@ -114,7 +114,7 @@ class EtcdDiscoverer(RefreshDiscoverer[EtcdSDConfig]):
                 continue
             changes = _resync_changes(state, groups)
             state = groups
-            self.context.record_success(time.monotonic() - started)
+            self.context.observe_duration(time.monotonic() - started)
             await send(changes)
             try:
                 await self._follow(gateway, self._list_revision + 1, state, send, backoff)
@@ -156,7 +156,8 @@ class EtcdDiscoverer(RefreshDiscoverer[EtcdSDConfig]):
                 self.revision = max(self.revision, int(header.get("revision", 0)))
                 events = result.get("events")
                 if not events:
-                    continue  # created, or a progress notification
+                    self.context.record_current()  # created, or a progress notification
+                    continue
                 changed: dict[str, TargetGroup] = {}
                 for event in events:
                     deleted = event.get("type") == "DELETE"

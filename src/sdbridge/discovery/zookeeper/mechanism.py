@@ -103,7 +103,7 @@ class ZookeeperDiscoverer(BaseDiscoverer[ZookeeperSDConfig]):
                 continue
             failed = False
             backoff.reset()
-            self.context.record_success(time.monotonic() - started)
+            self.context.observe_duration(time.monotonic() - started)
             await send(diff.changes(tree.groups()))
             try:
                 await self._follow(send, session, tree, diff)
