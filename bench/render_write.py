@@ -1,6 +1,9 @@
 """Publish a job of 100,000 targets x 15 labels, then change one target: cost vs the floor.
 
 Run: ``.venv/bin/python bench/render_write.py [--targets 100000] [--repeat 3]``
+Growth: ``.venv/bin/python bench/render_write.py --growth`` (10k, 100k, 1M targets, each in
+a fresh process: wall time of the full publish, the store's own size by tracemalloc, and
+the process's steady RSS after its first publish, with the input groups dropped).
 
 Everything goes through the real path: a Job (with one in-process discoverer sending
 TargetGroups), its relabel/guard/render/Snapshot, and its FileOutput's atomic writer
@@ -10,9 +13,11 @@ TargetGroups), its relabel/guard/render/Snapshot, and its FileOutput's atomic wr
 - ``one target``: from a send that changes one label of one target until the new file
   is on disk.
 
-The floor is ``orjson.dumps`` of the same output data (the merged label sets, already
-built) plus one write and fsync of those bytes: no validation, merging, sorting or
-atomicity. Wall time is the best of ``--repeat`` runs; peak memory is measured in
+Two floors, in the same run: ``floor`` is ``orjson.dumps`` of the same output data (the
+merged label sets, already built) plus one write and fsync of those bytes (no validation,
+merging, sorting or atomicity); ``write floor`` is a bare write + fsync + rename of the
+same bytes (sdbridge's own ``atomic_write``), the least any publish of a whole file can
+cost. Wall time is the best of ``--repeat`` runs; peak memory is measured in
 separate runs with tracemalloc (which slows Python down, so it never overlaps timing),
 as the peak of traced allocations above what was allocated before the step started.
 ``publish_delay`` is 0 so quiescence does not count.
@@ -39,8 +44,8 @@ from sdbridge.config import GlobalConfig, PublishDelay, config_models
 from sdbridge.discovery.base import Send
 from sdbridge.job import Job
 from sdbridge.model import TargetGroup
-from sdbridge.outputs.file import FileOutput
-from sdbridge.render import Snapshot
+from sdbridge.outputs.file import FileOutput, atomic_write
+from sdbridge.snapshot import Snapshot
 
 GROUP_SIZE = 100  # targets per group (source); 5 group labels + 10 target labels = 15
 logs_off = True
@@ -163,6 +168,13 @@ def floor_step(directory: Path, data: list[dict[str, object]]) -> None:
         os.close(fd)
 
 
+def write_floor_step(directory: Path, body: bytes) -> float:
+    """A bare atomic replace of ``body``: write, fsync, rename, directory fsync."""
+    started = time.perf_counter()
+    atomic_write(directory / "write-floor.json", body)
+    return time.perf_counter() - started
+
+
 def output_data(groups: list[TargetGroup]) -> list[dict[str, object]]:
     return [
         {
@@ -211,24 +223,95 @@ async def measure_job(
     return results
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def growth_child(targets: int, *, memory: bool) -> str:
+    """One size, in this (fresh) process: full publish time, or traced store size and RSS."""
+    groups = build_groups(targets)
+    with tempfile.TemporaryDirectory(prefix="sdbridge-bench-") as tmp:
+        if memory:
+            gc.collect()
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+        steps = await job_steps(Path(tmp), groups)
+        started = time.perf_counter()
+        await steps["full"]()
+        wall = time.perf_counter() - started
+        del groups, steps["full"], steps["one target"]
+        gc.collect()
+        await asyncio.sleep(1)  # steady: output writes done, transient memory freed
+        if memory:
+            store = tracemalloc.get_traced_memory()[0] - base
+            tracemalloc.stop()
+            result = f"{store / 1e6:.1f}"
+        else:
+            result = f"{wall:.3f} {rss_mb():.0f}"
+        await steps["stop"]()
+    return result
+
+
+def growth(sizes: list[int]) -> None:
+    import subprocess
+
+    print("growth: each size in a fresh process; store = tracemalloc of what the job keeps")
+    print(f"{'targets':>9} {'full publish':>13} {'per target':>11} {'store':>9} {'steady RSS':>11}")
+    for n in sizes:
+        out = {}
+        for mode in ("time", "memory"):
+            argv = [sys.executable, __file__, "--child", str(n), "--child-mode", mode]
+            out[mode] = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        wall, rss = out["time"].split()
+        store = float(out["memory"])
+        print(
+            f"{n:>9} {float(wall) * 1000:>11.0f}ms {float(wall) * 1e6 / n:>9.1f}us "
+            f"{store:>7.1f}MB {float(rss):>9.0f}MB"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--growth", action="store_true", help="run 10k, 100k, 1M in fresh processes"
+    )
+    parser.add_argument("--growth-sizes", default="10000,100000,1000000")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-mode", default="time", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import logging
 
     logging.disable(logging.WARNING)  # the guard and output would log about the bench job
 
+    if args.child:
+        memory = args.child_mode == "memory"
+        print(asyncio.run(growth_child(args.child, memory=memory)))
+        return
+    if args.growth:
+        growth([int(n) for n in args.growth_sizes.split(",")])
+        return
+
     groups = build_groups(args.targets)
     data = output_data(groups)
     with tempfile.TemporaryDirectory(prefix="sdbridge-bench-") as tmp:
         directory = Path(tmp)
-        times: dict[str, list[float]] = {"full": [], "one target": [], "floor": []}
+        times: dict[str, list[float]] = {
+            "full": [],
+            "one target": [],
+            "floor": [],
+            "write floor": [],
+        }
         for _ in range(args.repeat):
             times["floor"].append(measure_floor(directory, data, memory=False))
             for name, value in asyncio.run(measure_job(directory, groups, memory=False)).items():
                 times[name].append(value)
+            body = (directory / "bench.json").read_bytes()
+            times["write floor"].append(write_floor_step(directory, body))
             os.unlink(directory / "bench.json")
         memory_floor = measure_floor(directory, data, memory=True)
         tracemalloc.start()
@@ -237,13 +320,21 @@ def main() -> None:
         size = (directory / "bench.json").stat().st_size
 
     floor = min(times["floor"])
+    write_floor = min(times["write floor"])
     print(f"{args.targets} targets x 15 labels, {size / 1e6:.1f} MB of JSON, best of {args.repeat}")
-    print(f"{'step':<12} {'wall':>9} {'x floor':>8} {'peak mem':>10} {'x floor':>8}")
-    print(f"{'floor':<12} {floor * 1000:>7.0f}ms {1:>8.2f} {memory_floor / 1e6:>8.1f}MB {1:>8.2f}")
+    print(f"{'step':<12} {'wall':>9} {'x floor':>8} {'x write':>8} {'peak mem':>10} {'x floor':>8}")
+    print(
+        f"{'floor':<12} {floor * 1000:>7.0f}ms {1:>8.2f} {floor / write_floor:>8.2f} "
+        f"{memory_floor / 1e6:>8.1f}MB {1:>8.2f}"
+    )
+    print(
+        f"{'write floor':<12} {write_floor * 1000:>7.0f}ms {write_floor / floor:>8.2f} "
+        f"{1:>8.2f} {'':>10} {'':>8}"
+    )
     for name in ("full", "one target"):
         best = min(times[name])
         print(
-            f"{name:<12} {best * 1000:>7.0f}ms {best / floor:>8.2f} "
+            f"{name:<12} {best * 1000:>7.0f}ms {best / floor:>8.2f} {best / write_floor:>8.2f} "
             f"{memory[name] / 1e6:>8.1f}MB {memory[name] / memory_floor:>8.2f}"
         )
     print(f"python {sys.version.split()[0]}, orjson {orjson.__version__}")

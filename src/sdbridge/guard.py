@@ -94,10 +94,23 @@ class Guard:
             return None
         return max(0.0, self._held_since + self.config.hold_for - time.monotonic())
 
-    def admit(self, previous: Snapshot | None, proposed: Snapshot) -> bool:
-        """Return whether going from ``previous`` to ``proposed`` may be published now."""
+    def admit(
+        self, previous: Snapshot | None, proposed: Snapshot, *, removed_at_most: int | None = None
+    ) -> bool:
+        """Return whether going from ``previous`` to ``proposed`` may be published now.
+
+        ``removed_at_most``: a bound on the targets removed, when the caller knows one (the
+        entries the store dropped since ``previous`` was built): a small change is then
+        admitted without comparing every address.
+        """
         config = self.config
         if previous is None or not config.enabled or previous.target_count == 0:
+            return self._admitted(None)
+        if (
+            removed_at_most is not None
+            and not self.holding
+            and removed_at_most / previous.target_count <= config.max_drop_ratio
+        ):
             return self._admitted(None)
         removed = removed_targets(previous, proposed)
         ratio = removed / previous.target_count

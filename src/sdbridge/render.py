@@ -10,16 +10,13 @@ Each entry is serialized once, when its group arrives; a publish only sorts and 
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import orjson
 import yaml
 
 from .model import ADDRESS_LABEL, LabelSet
-from .snapshot import Entry, Snapshot, SortKey, content_hash, join_entries
+from .snapshot import Entry, Snapshot, SortKey, content_hash, entry_digest, join_entries
 
 __all__ = [  # Entry, Snapshot and SortKey live in snapshot.py; kept importable from here
     "Entry",
@@ -27,6 +24,7 @@ __all__ = [  # Entry, Snapshot and SortKey live in snapshot.py; kept importable 
     "SortKey",
     "content_hash",
     "entry_address",
+    "entry_digest",
     "finish_sort",
     "fresh_str",
     "make_entry",
@@ -36,36 +34,6 @@ __all__ = [  # Entry, Snapshot and SortKey live in snapshot.py; kept importable 
 ]
 
 _SORT_KEYS = orjson.OPT_SORT_KEYS
-
-
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a large job is rendered.
-
-    Rendering 100,000 targets creates hundreds of thousands of small objects, and each
-    allocation burst triggers collections that rescan every live object: most of the
-    time of a large render went there (see bench/README.md). Entries hold no reference
-    cycles, so nothing is leaked; reference counting frees everything as usual, and the
-    collector resumes when the last concurrent pause ends.
-    """
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 def fresh_str(text: str) -> str:
@@ -93,7 +61,7 @@ def make_entry(labels: LabelSet) -> Entry:
     # the exact size keeps a job of 100,000 entries from holding ~10x the memory it needs.
     # The JSON starts with the sorted labels, so it orders equal addresses by label set.
     body = b"%b" % orjson.dumps({"labels": group_labels, "targets": [address]}, option=_SORT_KEYS)
-    return Entry(address, body)
+    return Entry.of(address, body)
 
 
 def render_json(entries: Iterable[Entry], *, pretty: bool = False) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from hashlib import sha256
+from hashlib import blake2b, sha256
 
 import orjson
 
@@ -24,10 +24,16 @@ SortKey = tuple[str, bytes]
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One rendered target: its ``__address__`` and its file_sd group as JSON bytes."""
+    """One rendered target: its ``__address__``, its file_sd group as JSON, and its digest."""
 
     address: str
     json: bytes
+    digest: bytes  # entry_digest(json): what content_hash combines
+
+    @classmethod
+    def of(cls, address: str, json: bytes) -> Entry:
+        """The entry of ``json`` (one file_sd group), whose one target is ``address``."""
+        return cls(address, json, entry_digest(json))
 
     @property
     def key(self) -> SortKey:
@@ -43,13 +49,21 @@ class Entry:
         return labels
 
 
-def content_hash(body: bytes) -> str:
-    """The ETag of a body: the same bytes give the same tag, on every replica.
+def entry_digest(json: bytes) -> bytes:
+    """A 128-bit digest of one entry's JSON, computed once when the entry is rendered."""
+    return blake2b(json, digest_size=16).digest()
 
-    SHA-256 (hardware-accelerated on current CPUs: ~2x blake2b on a 45 MB job), truncated
-    to 128 bits; it identifies content, it guards no secret. Whole bodies and shards use it.
+
+def content_hash(entries: Iterable[Entry]) -> str:
+    """The ETag of the file_sd body that joins ``entries``: equal bytes, equal tags.
+
+    A body is the sorted join of its entries, so the hash is taken over the entries'
+    digests (16 bytes each) instead of the body: a publish of a 45 MB job hashes 1.6 MB,
+    and a change of one target does not re-hash the whole body. It is the one hash for
+    whole bodies and for shards, so replicas that publish the same bytes give the same
+    tag. SHA-256 truncated to 128 bits; it identifies content, it guards no secret.
     """
-    return sha256(body).hexdigest()[:32]
+    return sha256(b"".join([e.digest for e in entries])).hexdigest()[:32]
 
 
 def join_entries(entries: Iterable[Entry]) -> bytes:
@@ -92,7 +106,7 @@ class Snapshot:
             job=job,
             entries=entries if isinstance(entries, tuple) else tuple(entries),
             body=body,
-            etag=content_hash(body),
+            etag=content_hash(entries),
             stale=stale,
             groups=groups,
         )

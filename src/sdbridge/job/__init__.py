@@ -36,7 +36,6 @@ from ..model import TargetGroup
 from ..outputs import Output, SnapshotWriter
 from ..outputs.file import FileOutput
 from ..relabel import compile_rules
-from ..render import gc_paused
 from ..snapshot import Snapshot
 from ..state import StateOutput
 from ..workers import run_publish_work, settle
@@ -322,12 +321,8 @@ class Job:
                 f"{runner.label} sent {type(groups).__name__}, not TargetGroups"
             )
         if sum(len(g.targets) for g in groups) > _RENDER_IN_THREAD_ABOVE:
-            return await run_publish_work(self._render_paused, runner, groups)
+            return await run_publish_work(self.store.render, runner.origin, groups)
         return self.store.render(runner.origin, groups)
-
-    def _render_paused(self, runner: MechanismRunner, groups: list[TargetGroup]) -> RenderedGroups:
-        with gc_paused():
-            return self.store.render(runner.origin, groups)
 
     def status(self) -> JobStatus:
         """The job's state for the API and UI (configs in JSON mode: SecretStr masked)."""

@@ -21,7 +21,6 @@ from .. import metrics
 from ..config import PublishDelay
 from ..guard import Guard
 from ..outputs import Output
-from ..render import gc_paused
 from ..snapshot import Entry, Snapshot
 from ..workers import run_publish_work
 
@@ -77,6 +76,11 @@ class Buildable(Protocol):
 
     def finish_build(self, ordered: list[Entry]) -> None:
         """Called with the build's result on the event loop."""
+        ...
+
+    @property
+    def removed_total(self) -> int:
+        """Entries ever removed or replaced (only grows)."""
         ...
 
 
@@ -149,7 +153,9 @@ class Publisher:
         self._dirty = False
         # The snapshot the guard holds back, with the store version it was built from:
         # syncs that change nothing re-ask the guard about it instead of rebuilding.
-        self._held: tuple[int, Snapshot] | None = None
+        self._held: tuple[int, Snapshot, int] | None = None
+        # store.removed_total when the published snapshot was built (None: restored).
+        self._published_mark: int | None = None
         self._release_timer: asyncio.TimerHandle | None = None
         self.published = asyncio.Event()  # set once a fresh snapshot is published
         self.snapshot: Snapshot | None = None
@@ -203,17 +209,24 @@ class Publisher:
         version = self.store.version  # before the build: a change during it is not in it
         held, self._held = self._held, None
         if held is not None and held[0] == version:
-            snapshot = held[1]
+            _, snapshot, mark = held
         else:
+            mark = self.store.removed_total
             snapshot = await self._build()
         previous = self.snapshot
-        if previous is not None and not previous.stale and previous.body == snapshot.body:
+        if (
+            previous is not None
+            and not previous.stale
+            and previous.etag == snapshot.etag
+            and previous.body == snapshot.body
+        ):
             self.guard.admit(previous, snapshot)  # back to what is published: a hold ends
             self.published.set()
             return
-        if not self.guard.admit(previous, snapshot):
+        bound = None if self._published_mark is None else mark - self._published_mark
+        if not self.guard.admit(previous, snapshot, removed_at_most=bound):
             # Re-decided on every later sync, and when hold_for runs out.
-            self._held = (version, snapshot)
+            self._held = (version, snapshot, mark)
             self._dirty = True
             wait = self.guard.seconds_until_release()
             if self._release_timer is not None:
@@ -223,13 +236,14 @@ class Publisher:
                 self._release_timer = loop.call_later(wait + 0.01, self._wake.set)
             return
         self._set_snapshot(snapshot)
+        self._published_mark = mark
         self.published.set()
         self._duration.observe(time.perf_counter() - started)
 
     async def _build(self) -> Snapshot:
         build = self.store.prepare_build()
         if self.store.size > BUILD_IN_THREAD_ABOVE:
-            ordered, snapshot = await run_publish_work(_paused, build)
+            ordered, snapshot = await run_publish_work(build)
         else:
             ordered, snapshot = build()
         self.store.finish_build(ordered)
@@ -244,8 +258,3 @@ class Publisher:
         self._http_published.inc()
         for output in self.outputs:
             output.publish(snapshot)
-
-
-def _paused(build: Callable[[], tuple[list[Entry], Snapshot]]) -> tuple[list[Entry], Snapshot]:
-    with gc_paused():
-        return build()

@@ -12,6 +12,8 @@ The store knows nothing of timing, guards or outputs: that is the publisher's jo
 
 from __future__ import annotations
 
+import itertools
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,8 +28,8 @@ from ..model import (
     target_problem,
 )
 from ..relabel import Rule, process
-from ..render import entry_address, finish_sort, fresh_str, make_entry
-from ..snapshot import Entry, Snapshot
+from ..render import entry_address, fresh_str, make_entry
+from ..snapshot import Entry, Snapshot, SortKey
 
 GroupKey = tuple[int, str]
 """``(config index of the mechanism, source)``: two mechanisms never share a group."""
@@ -53,13 +55,16 @@ class TargetStore:
         self.job = job
         self._rules = rules
         self._groups: dict[GroupKey, list[Entry]] = {}
-        # The entries of the last build in sorted order (duplicates kept), plus what has
-        # changed since: a build then re-sorts a nearly sorted list.
+        # Every entry, sorted by (address, JSON), duplicates kept, as of the last build;
+        # and what changed since. A build of a few changes edits the sorted list in place
+        # (bisect: O(log n) compares and one memmove each) instead of sorting again.
         self._order: list[Entry] = []
         self._order_valid = False
-        self._gone: set[int] = set()  # ids of entries in _order or _new that left _groups
+        self._duplicates = 0  # entries in _order equal to their predecessor
+        self._gone: list[Entry] = []
         self._new: list[Entry] = []
         self.version = 0  # moves on every change: a build knows what it contains
+        self.removed_total = 0  # entries ever removed or replaced: bounds a drop for the guard
 
     @property
     def size(self) -> int:
@@ -131,7 +136,8 @@ class TargetStore:
     def _replace(self, key: GroupKey, entries: list[Entry] | None) -> None:
         old = self._groups.pop(key, None)
         if old:
-            self._gone.update(map(id, old))
+            self._gone.extend(old)
+            self.removed_total += len(old)
         if entries is not None:
             self._groups[key] = entries
             self._new.extend(entries)
@@ -141,29 +147,78 @@ class TargetStore:
     def prepare_build(self) -> Callable[[], tuple[list[Entry], Snapshot]]:
         """On the event loop: take the current entries; return the build (CPU) to run.
 
-        Pass what the build returns to :meth:`finish_build`.
+        Pass what the build returns to :meth:`finish_build`. Builds never overlap.
         """
         gone, new = self._gone, self._new
-        self._gone, self._new = set(), []
-        if not self._order_valid or 2 * (len(gone) + len(new)) > len(self._order):
-            entries = [e for group in self._groups.values() for e in group]
-        else:
-            # Entries in _order and _new stay referenced until here, so their ids are unique.
-            entries = [e for e in self._order if id(e) not in gone] if gone else list(self._order)
-            entries.extend(e for e in new if id(e) not in gone)
-        self._order_valid = False  # until this build has sorted ``entries``
+        self._gone, self._new = [], []
         groups = len(self._groups)
         job = self.job
+        if not self._order_valid or 4 * (len(gone) + len(new)) > len(self._order):
+            entries = [e for group in self._groups.values() for e in group]
+            self._order_valid = False  # until this build has sorted ``entries``
 
-        def build() -> tuple[list[Entry], Snapshot]:
-            entries.sort(key=entry_address)
-            return entries, Snapshot.build(job, finish_sort(entries), groups=groups)
+            def full_build() -> tuple[list[Entry], Snapshot]:
+                shared_addresses = _sort(entries)
+                self._duplicates = _count_duplicates(entries) if shared_addresses else 0
+                return entries, self._snapshot(job, entries, groups)
 
-        return build
+            return full_build
+        order = self._order
+        for entry in gone:
+            self._remove(order, entry)
+        for entry in new:
+            key = entry.key
+            index = bisect_left(order, key, key=_key)
+            if index < len(order) and order[index].key == key:
+                self._duplicates += 1
+            order.insert(index, entry)
+
+        def incremental_build() -> tuple[list[Entry], Snapshot]:
+            return order, self._snapshot(job, order, groups)
+
+        return incremental_build
+
+    def _remove(self, order: list[Entry], entry: Entry) -> None:
+        key = entry.key
+        index = bisect_left(order, key, key=_key)
+        while order[index] is not entry:  # among equal keys, this very object
+            index += 1
+        if (index + 1 < len(order) and order[index + 1].key == key) or (
+            index > 0 and order[index - 1].key == key
+        ):
+            self._duplicates -= 1
+        del order[index]
+
+    def _snapshot(self, job: str, order: list[Entry], groups: int) -> Snapshot:
+        """Render the sorted ``order``: exact duplicates (rare) are published once."""
+        if self._duplicates:
+            order = [e for i, e in enumerate(order) if i == 0 or order[i - 1].key != e.key]
+        return Snapshot.build(job, order, groups=groups)
 
     def finish_build(self, ordered: list[Entry]) -> None:
         """Keep a finished build's order for the next one."""
         self._order, self._order_valid = ordered, True
+
+
+def _key(entry: Entry) -> SortKey:
+    return entry.key
+
+
+def _sort(entries: list[Entry]) -> bool:
+    """Sort by (address, JSON) in place, duplicates kept; return whether addresses repeat."""
+    # By the address string alone first: CPython's fast string compare; comparing
+    # (address, JSON) tuples took ~2.5x as long for 100,000 shuffled entries. Only equal
+    # addresses (rare) need the JSON compared: a second, nearly sorted pass.
+    entries.sort(key=entry_address)
+    addresses = [e.address for e in entries]
+    if len(set(addresses)) == len(addresses):
+        return False
+    entries.sort(key=_key)
+    return True
+
+
+def _count_duplicates(entries: list[Entry]) -> int:
+    return sum(1 for a, b in itertools.pairwise(entries) if a.key == b.key)
 
 
 def relabel_problem(labels: LabelSet) -> str | None:

@@ -99,8 +99,9 @@ def split_shards(snapshot: Snapshot, shards: int) -> list[Representation]:
         buckets[shard_of(entry.address, shards)].append(position)
     result = []
     for bucket in buckets:
-        body = render_json(snapshot.entries[i] for i in bucket)
-        etag = content_hash(body)  # the whole body's hash function: same bytes, same tag
+        entries = [snapshot.entries[i] for i in bucket]
+        body = render_json(entries)
+        etag = content_hash(entries)  # the whole body's hash function: same bytes, same tag
         result.append(Representation(body, etag, len(bucket)))
     return result
 
