@@ -133,6 +133,8 @@ class JobConfigBase(StrictModel):
 
     name: str
     relabel_configs: list[RelabelConfig] = Field(default_factory=list)
+    # Targets dropped by relabeling kept for the UI (0: no limit, as in Prometheus).
+    keep_dropped_targets: int = Field(100, ge=0)
     guard: GuardConfig = GuardConfig()
     output: OutputConfig = OutputConfig()
 

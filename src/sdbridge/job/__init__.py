@@ -41,10 +41,11 @@ from ..state import StateOutput
 from ..workers import run_publish_work, settle
 from .publisher import Clock, Publisher
 from .status import JobStatus, MechanismState, OutputState
-from .store import Origin, RenderedGroups, TargetStore
+from .store import Discovered, Origin, RenderedGroups, TargetStore
 
 __all__ = [
     "Backoff",
+    "Discovered",
     "Job",
     "JobStatus",
     "MechanismRunner",
@@ -132,7 +133,11 @@ class Job:
             self.state_output = StateOutput(config.name, state_dir)
             outputs.append(self.state_output)
         self.guard = Guard(config.guard, job=config.name)
-        self.store = TargetStore(config.name, compile_rules(config.relabel_configs))
+        self.store = TargetStore(
+            config.name,
+            compile_rules(config.relabel_configs),
+            keep_dropped_targets=config.keep_dropped_targets,
+        )
         self.publisher = Publisher(
             config.name,
             self.store,
@@ -175,6 +180,13 @@ class Job:
     def restore(self, snapshot: Snapshot) -> None:
         """Serve a last-known-good snapshot until the first complete sync replaces it."""
         self.publisher.restore(snapshot)
+
+    def targets_before_relabeling(self) -> list[Discovered]:
+        """With relabel rules: each target as discovered, with what relabeling made of it.
+
+        Dropped targets are included up to ``keep_dropped_targets``; [] without rules.
+        """
+        return self.store.targets_before_relabeling()
 
     async def wait_published(self) -> Snapshot:
         """Wait until a snapshot from a complete sync has been published."""
@@ -334,6 +346,7 @@ class Job:
             stale_since=snapshot.created if snapshot is not None and snapshot.stale else None,
             targets=snapshot.target_count if snapshot is not None else 0,
             groups=snapshot.groups if snapshot is not None else 0,
+            dropped_targets=self.store.dropped_total,
             last_publish=self.publisher.last_publish,
             guard=self.guard.status(),
             mechanisms=tuple(

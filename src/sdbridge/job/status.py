@@ -57,6 +57,7 @@ class JobStatus:
     stale_since: float | None  # a stale snapshot's creation time: when it was last fresh
     targets: int
     groups: int
+    dropped_targets: int  # dropped by relabel_configs in the current state (kept or not)
     last_publish: float | None
     guard: GuardStatus
     mechanisms: tuple[MechanismState, ...]

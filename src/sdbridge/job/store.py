@@ -17,6 +17,8 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from ..discovery.base import DiscoveryContext
 from ..model import (
     ADDRESS_LABEL,
@@ -34,8 +36,36 @@ from ..snapshot import Entry, Snapshot, SortKey
 GroupKey = tuple[int, str]
 """``(config index of the mechanism, source)``: two mechanisms never share a group."""
 
-RenderedGroups = list[tuple[GroupKey, list[Entry] | None]]
-"""An update, rendered: each group's new entries, or None for a removed source."""
+
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    """One target as its mechanism sent it (before relabeling), kept when a job relabels.
+
+    ``json`` is its full label set as compact, key-sorted JSON (one bytes object, not a
+    dict); ``entry`` is what relabeling made of it, or None when relabeling dropped it.
+    """
+
+    json: bytes
+    entry: Entry | None
+
+    @property
+    def labels(self) -> LabelSet:
+        """The discovered labels (``__address__`` and ``__meta_*`` included)."""
+        labels: LabelSet = orjson.loads(self.json)
+        return labels
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedGroup:
+    """One group of an update, rendered; ``entries`` None removes the source."""
+
+    key: GroupKey
+    entries: list[Entry] | None
+    discovered: list[Discovered] | None = None  # only when the job has relabel rules
+
+
+RenderedGroups = list[RenderedGroup]
+"""An update, rendered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +78,26 @@ class Origin:
     strict: bool = False  # sdbridge's own sources: strict target checks (model.target_problem)
 
 
+@dataclass(frozen=True, slots=True)
+class _KeptGroup:
+    items: list[Discovered]
+    dropped: int  # dropped by relabeling in this group
+    kept_dropped: int  # of which kept (keep_dropped_targets)
+
+
 class TargetStore:
     """The merged, rendered state of one job."""
 
-    def __init__(self, job: str, rules: list[Rule]) -> None:
+    def __init__(self, job: str, rules: list[Rule], *, keep_dropped_targets: int = 100) -> None:
         self.job = job
         self._rules = rules
         self._groups: dict[GroupKey, list[Entry]] = {}
+        # With relabel rules: each group's targets before relabeling, and the dropped ones
+        # up to keep_dropped_targets for the whole job (0: no limit, as in Prometheus).
+        self._discovered: dict[GroupKey, _KeptGroup] = {}
+        self.keep_dropped_targets = keep_dropped_targets
+        self.dropped_kept = 0
+        self.dropped_total = 0  # dropped by relabeling in the current state, kept or not
         # Every entry, sorted by (address, JSON), duplicates kept, as of the last build;
         # and what changed since. A build of a few changes edits the sorted list in place
         # (bisect: O(log n) compares and one memmove each) instead of sorting again.
@@ -84,14 +127,18 @@ class TargetStore:
         for group in groups:
             key = (origin.index, fresh_str(group.source))
             if not group.targets:
-                result.append((key, None))
+                result.append(RenderedGroup(key, None))
                 continue
             entries = []
+            discovered: list[Discovered] | None = [] if self._rules else None
             for labels in group.merged_targets():
                 entry = self._entry(origin, group.source, labels)
                 if entry is not None:
                     entries.append(entry)
-            result.append((key, entries))
+                if discovered is not None:
+                    json = b"%b" % orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)
+                    discovered.append(Discovered(json, entry))
+            result.append(RenderedGroup(key, entries, discovered))
         return result
 
     def _entry(self, origin: Origin, source: str, labels: LabelSet) -> Entry | None:
@@ -122,18 +169,50 @@ class TargetStore:
         """
         changed = bool(rendered)
         if full:
-            sent = {key for key, _ in rendered}
+            sent = {group.key for group in rendered}
             stale = [k for k in self._groups if k[0] == index and k not in sent]
             for key in stale:
                 self._replace(key, None)
             changed = changed or bool(stale)
-        for key, entries in rendered:
-            self._replace(key, entries)
+        for group in rendered:
+            self._replace(group.key, group.entries)
+            self._keep_discovered(group)
         if changed:
             self.version += 1
         return changed
 
+    def _keep_discovered(self, group: RenderedGroup) -> None:
+        """Keep a group's targets before relabeling; dropped ones up to the job's limit."""
+        self._forget_discovered(group.key)
+        if not group.discovered:
+            return
+        limit = self.keep_dropped_targets
+        items: list[Discovered] = []
+        dropped = kept_dropped = 0
+        for item in group.discovered:
+            if item.entry is None:
+                dropped += 1
+                if limit and self.dropped_kept >= limit:
+                    continue  # counted, not kept
+                self.dropped_kept += 1
+                kept_dropped += 1
+            items.append(item)
+        self.dropped_total += dropped
+        self._discovered[group.key] = _KeptGroup(items, dropped, kept_dropped)
+
+    def _forget_discovered(self, key: GroupKey) -> None:
+        old = self._discovered.pop(key, None)
+        if old is not None:
+            self.dropped_total -= old.dropped
+            self.dropped_kept -= old.kept_dropped
+
+    def targets_before_relabeling(self) -> list[Discovered]:
+        """Every kept target as discovered (relabeled or dropped); [] without relabel rules."""
+        return [item for group in self._discovered.values() for item in group.items]
+
     def _replace(self, key: GroupKey, entries: list[Entry] | None) -> None:
+        if entries is None:
+            self._forget_discovered(key)
         old = self._groups.pop(key, None)
         if old:
             self._gone.extend(old)
