@@ -22,34 +22,21 @@ import time
 from pathlib import Path
 
 import orjson
+from render_write import build_groups  # the same targets as the render bench
 
 
 def targets_json(n: int) -> bytes:
-    """N groups of one target, 14 labels plus the address (15 labels)."""
-    groups = []
-    for i in range(n):
-        groups.append(
+    """N groups of one target each: render_write's 15 labels, merged into the target."""
+    return orjson.dumps(
+        [
             {
-                "targets": [f"127.{i // 65536}.{i // 256 % 256}.{i % 256}:9100"],
-                "labels": {
-                    "__meta_bench_service": f"service-{i // 100}",
-                    "__meta_bench_datacenter": f"dc{i % 3}",
-                    "__meta_bench_tags": ",web,prod,v2,",
-                    "env": "prod",
-                    "team": f"team-{i % 17}",
-                    "__meta_bench_node": f"node-{i}",
-                    "__meta_bench_node_address": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
-                    "__meta_bench_service_id": f"svc-{i}-abcdef",
-                    "__meta_bench_port": "9100",
-                    "__meta_bench_health": "passing",
-                    "__meta_bench_rack": f"rack-{i % 40}",
-                    "instance_name": f"instance-{i:06d}",
-                    "zone": f"zone-{i % 4}",
-                    "version": "1.2.3",
-                },
+                "targets": [labels.pop("__address__")],
+                "labels": labels,
             }
-        )
-    return orjson.dumps(groups)
+            for group in build_groups(n)
+            for labels in group.merged_targets()
+        ]
+    )
 
 
 def free_port() -> int:
