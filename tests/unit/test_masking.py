@@ -178,7 +178,7 @@ def _log_text(records: list[logging.LogRecord]) -> str:
 async def _first_error(daemon: Daemon, job: str) -> None:
     """Wait until the job's first mechanism has failed once (it cannot succeed)."""
     for _ in range(400):
-        if daemon.jobs[job].status()["mechanisms"][0]["last_error"]:
+        if daemon.jobs[job].status().mechanisms[0].health.last_error:
             return
         await asyncio.sleep(0.025)
     pytest.fail(f"job {job} never failed")

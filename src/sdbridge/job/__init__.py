@@ -82,7 +82,6 @@ class MechanismRunner:
         self.strict_targets = (
             name in STRICT_MECHANISMS or not mechanism.factory.__module__.startswith("sdbridge.")
         )
-        self.origin = Origin(index, self.label, self.context, strict=self.strict_targets)
         try:
             self.discoverer: Discoverer = mechanism.factory(config, self.context)
         except Exception as exc:
@@ -93,6 +92,11 @@ class MechanismRunner:
     def label(self) -> str:
         """Where this mechanism sits in the config, e.g. ``exec_sd_configs[0]``."""
         return f"{self.name}_sd_configs[{self.index}]"
+
+    @property
+    def origin(self) -> Origin:
+        """What the store needs to know of this mechanism to render its updates."""
+        return Origin(self.index, self.label, self.context, strict=self.strict_targets)
 
 
 class Job:
