@@ -49,7 +49,7 @@ class StrictModel(BaseModel):
 
 
 class PublishDelay(StrictModel):
-    """Quiescence: publish once changes pause for ``min``, or ``max`` after the first one."""
+    """Publish pacing: at once after a quiet period, then ``min`` apart, within ``max`` of a change."""
 
     min: Duration = 0.25
     max: Duration = 2.0
