@@ -627,10 +627,10 @@ async def test_a_failing_query_keeps_the_last_good_targets(tmp_path: Path) -> No
         with contextlib.closing(sqlite3.connect(tmp_path / "cmdb.db")) as conn:
             conn.execute("ALTER TABLE hosts RENAME TO gone")
             conn.commit()
-        await until(lambda: job.status()["mechanisms"][0]["last_error"] is not None, within=20)
-        status = job.status()["mechanisms"][0]
-        assert "query failed: no such table: hosts" in status["last_error"]
-        assert status["config"]["dsn"] == "**********"
+        await until(lambda: job.status().mechanisms[0].health.last_error is not None, within=20)
+        status = job.status().mechanisms[0]
+        assert "query failed: no such table: hosts" in (status.health.last_error or "")
+        assert status.config["dsn"] == "**********"
         assert file_addresses(tmp_path) == {"127.0.0.1:9100"}  # stale beats incomplete
     assert all(published(recording))
 

@@ -58,7 +58,7 @@ log = logging.getLogger("sdbridge.job")
 # Updates bigger than this are rendered off the event loop, so the API stays responsive.
 _RENDER_IN_THREAD_ABOVE = 2000
 
-STRICT_MECHANISMS = frozenset({"registry", "exec"})
+STRICT_MECHANISMS = frozenset({"registry", "exec", "sql"})
 """Built-in mechanisms whose targets sdbridge owns; plugins are strict too."""
 
 
@@ -77,7 +77,7 @@ class MechanismRunner:
         # Set by the job when it has merged this mechanism's first full set.
         self.received = False
         mechanism = mechanisms()[name]
-        # sdbridge's own sources (its registry, exec, plugins) are checked strictly; the
+        # sdbridge's own sources (its registry, exec, sql, plugins) are checked strictly; the
         # others publish what Prometheus would discover (see model.target_problem).
         self.strict_targets = (
             name in STRICT_MECHANISMS or not mechanism.factory.__module__.startswith("sdbridge.")
