@@ -78,6 +78,7 @@ class Fault:
     body: str = "caused: injected fault;"
     delay: float = 0.0
     count: int | None = None  # None: until cleared
+    after: int = 0  # let this many matching requests through first (page 2 fails)
     hits: int = 0
     pattern: re.Pattern[str] = field(init=False)
 
@@ -497,6 +498,9 @@ class NacosDouble:
         with self._lock:
             for fault in self._faults:
                 if fault.kind in kinds and fault.pattern.search(path):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
                     fault.hits += 1
                     if fault.count is not None:
                         fault.count -= 1
@@ -544,7 +548,7 @@ class NacosDouble:
         gone = self._compatibility(path)
         if gone is not None:
             return gone
-        if self.users and "/auth/" not in path:
+        if self.users and "/auth/" not in path and not path.endswith("/server/state"):
             user, why = self._user_of(request)
             if user is None:
                 return web.Response(status=403, text=why)
@@ -575,7 +579,8 @@ class NacosDouble:
             return web.Response(status=404, text="Not Found")
         if self.major >= 3:
             old_console = path.startswith("/nacos/v1/console/")
-            old_admin = path.startswith("/nacos/v1/ns/catalog/")
+            # The v1 catalog and service list are admin APIs of 3.x (@Compatibility ADMIN_API).
+            old_admin = path.startswith(("/nacos/v1/ns/catalog/", "/nacos/v1/ns/service/"))
             if old_console or (old_admin and not self.admin_api_compat):
                 switch = "console" if old_console else "admin"
                 message = (

@@ -32,6 +32,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "sdbridge.discovery.docker",
     "sdbridge.discovery.sql",
     "sdbridge.discovery.eureka",
+    "sdbridge.discovery.nacos",
 )
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
