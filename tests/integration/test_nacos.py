@@ -409,3 +409,120 @@ def test_registered_and_config_errors() -> None:
     ):
         with pytest.raises(ValidationError):
             NacosSDConfig.model_validate(bad)
+
+
+# --- gRPC subscription -------------------------------------------------------------------
+
+
+class Running:
+    """A discoverer running as a job runs it, with its sends applied to ``groups``."""
+
+    def __init__(self, discoverer: NacosDiscoverer) -> None:
+        self.discoverer = discoverer
+        self.groups: dict[str, TargetGroup] = {}
+        self.sends = 0
+
+    async def send(self, groups: list[TargetGroup]) -> None:
+        self.sends += 1
+        for group in groups:
+            if group.targets:
+                self.groups[group.source] = group
+            else:
+                self.groups.pop(group.source, None)
+
+    def addresses(self, service: str) -> list[str]:
+        group = self.groups.get(f"nacos/public/DEFAULT_GROUP/{service}")
+        return sorted(t["__address__"] for t in group.targets) if group else []
+
+
+@contextlib.asynccontextmanager
+async def running_discoverer(double: NacosDouble, **options: Any) -> AsyncIterator[Running]:
+    options.setdefault("grpc", True)
+    harness = Running(make(double, **options))
+    task = asyncio.create_task(harness.discoverer.run(harness.send))
+    try:
+        yield harness
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("version", ["2.x", "3.x"])
+async def test_grpc_push_reaches_the_targets_without_http(version: str) -> None:
+    with running(version=version, users={"nacos": "pw"}) as double:
+        double.load(services=20, instances=2)
+        async with running_discoverer(
+            double, username="nacos", password="pw", refresh_interval="1h"
+        ) as h:
+            d = h.discoverer
+            await _until(lambda: d.pushing())
+            assert d.push is not None
+            double.reset_counters()
+            double.register("svc-00003", "127.0.0.99", 7000)
+            await _until(lambda: "127.0.0.99:7000" in h.addresses("svc-00003"))
+            double.deregister("svc-00004", "127.0.0.5", 9000)
+            await _until(lambda: h.addresses("svc-00004") == ["127.0.0.5:9001"])
+            assert double.stats()["total_requests"] == 0  # pushed, not polled
+            assert double.grpc_messages["NotifySubscriberRequest"] == 2
+            assert double.grpc_messages["NotifySubscriberResponse"] == 2  # acknowledged
+
+
+async def test_grpc_per_service_mode_follows_new_services_with_a_name_page() -> None:
+    with running(version="2.x") as double:
+        double.add_fault("status", "/catalog/", status=404)
+        double.load(services=3, instances=1)
+        async with running_discoverer(double, refresh_interval="50ms") as h:
+            d = h.discoverer
+            await _until(lambda: d.pushing() and len(h.groups) == 3)
+            double.register("fresh", "127.0.0.50", 80)
+            await _until(lambda: h.addresses("fresh") == ["127.0.0.50:80"])
+            double.reset_counters()
+            sends = h.sends
+            await _until(lambda: h.sends > sends + 3)
+            # Idle: pages of names only, no instance reads (pushes keep them current).
+            assert set(double.stats()["requests"]) <= {"/nacos/v1/ns/service/list"}
+
+
+async def test_grpc_refused_falls_back_to_polling_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with running(version="2.x", grpc=False) as double:
+        _fill(double)
+        async with running_discoverer(
+            double, refresh_interval="50ms", grpc_port=int(_dead_address().split(":")[1])
+        ) as h:
+            await _until(lambda: h.discoverer.context.status.refreshes >= 5)
+            assert not h.discoverer.pushing()
+            double.register("late", "127.0.0.8", 8)
+            await _until(lambda: h.addresses("late") == ["127.0.0.8:8"])  # by polling
+    refused = [r for r in caplog.records if "gRPC channel" in r.getMessage()]
+    assert len(refused) == 1
+    assert "refused" in refused[0].getMessage()
+    assert "polling" in refused[0].getMessage()
+
+
+async def test_grpc_reset_then_back(caplog: pytest.LogCaptureFixture) -> None:
+    with running(version="3.x") as double:
+        double.load(services=2, instances=1)
+        async with running_discoverer(double, refresh_interval="100ms") as h:
+            d = h.discoverer
+            await _until(lambda: d.pushing())
+            grpc_server = double.grpc_server
+            assert grpc_server is not None
+            future = asyncio.run_coroutine_threadsafe(grpc_server.restart(), double._loop)  # type: ignore[arg-type]
+            await asyncio.wrap_future(future)
+            await _until(lambda: any("reset" in r.getMessage() for r in caplog.records))
+            await _until(lambda: any("is back" in r.getMessage() for r in caplog.records))
+            await _until(lambda: d.pushing())
+            double.register("svc-00001", "127.0.0.77", 77)
+            await _until(lambda: "127.0.0.77:77" in h.addresses("svc-00001"))
+    assert sum("reset" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_no_grpc_on_1x() -> None:
+    with running(version="1.x") as double:
+        _fill(double)
+        async with running_discoverer(double, refresh_interval="50ms") as h:
+            await _until(lambda: h.discoverer.context.status.refreshes >= 2)
+            assert h.discoverer.push is None

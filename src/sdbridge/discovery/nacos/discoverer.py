@@ -9,6 +9,7 @@ request to the server.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -47,6 +48,8 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         self.last_listing: float | None = None
         self.clock = time.monotonic
         self.push: Subscription | None = None  # the gRPC subscription (see watch)
+        self._listed = asyncio.Event()  # set by the first complete listing
+        self._woken_by_push = False
 
     async def run(self, send: Send) -> None:
         try:
@@ -59,20 +62,57 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         return self.push is not None and self.push.live()
 
     async def refresh(self) -> list[TargetGroup]:
+        woken, self._woken_by_push = self._woken_by_push, False
+        if woken and self.last_listing is not None and self.pushing():
+            return self.groups()  # the pushed state: no request to the server
         due = (
             self.last_listing is None
             or not self.pushing()
+            or self.lister.mode == "bulk"  # a few pages: cheap enough to catch new services
             or self.clock() - self.last_listing >= self.config.resync_interval
         )
+        if not due and self.push is not None:
+            # Per service, pushes keep instances current: only look for new or gone
+            # services (a page of names), and let the subscription fetch new ones.
+            keys = set(await self.lister.all_service_keys())
+            for gone in self.state.keys() - keys:
+                del self.state[gone]
+            if keys != set(self.state):
+                self.push.follow(sorted(keys, key=lambda k: k.source))
         if due:
             skips = Skips([])
             listing = await self.lister.list_all(skips)
             self._count_skips(skips.items)
             self.state = listing
             self.last_listing = self.clock()
+            self._listed.set()
             if self.push is not None:
                 self.push.follow(sorted(listing, key=lambda k: k.source))
         return self.groups()
+
+    async def watch(self) -> None:
+        """Subscribe over gRPC once the first listing has said what the server is."""
+        forever = asyncio.Event()
+        if not self.config.grpc:
+            await forever.wait()
+        await self._listed.wait()
+        server = self.client.server
+        if server is not None and server.major < 2:
+            self.log.info("Nacos %s has no gRPC channel: polling only", server.version)
+            await forever.wait()
+        try:
+            from .push import GrpcSubscription
+        except ImportError:
+            self.log.warning(
+                "the Nacos gRPC subscription needs grpcio (pip install 'sdbridge[nacos]'):"
+                " polling every %ss only",
+                self.config.refresh_interval,
+            )
+            await forever.wait()
+        subscription = GrpcSubscription(self)
+        self.push = subscription
+        subscription.follow(sorted(self.state, key=lambda k: k.source))
+        await subscription.run()
 
     def apply_push(self, key: ServiceKey, targets: list[dict[str, str]] | None) -> None:
         """A pushed service state (None: the service is gone); sent by the next refresh."""
@@ -82,6 +122,7 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
             self.state.pop(key, None)
         else:
             self.state[key] = targets
+        self._woken_by_push = True
         self.request_refresh()
 
     def groups(self) -> list[TargetGroup]:

@@ -197,12 +197,24 @@ class Lister:
                 return names
         raise BackendError(f"{server.base}{path}: more than {MAX_PAGES} pages")
 
-    async def per_service_listing(self, server: Server, namespace: str, skips: Skips) -> Listing:
-        groups = self.config.group or [DEFAULT_GROUP]
+    async def service_keys(self, server: Server, namespace: str) -> list[ServiceKey]:
+        """The services of a per-service listing: named, or listed group by group."""
         keys: list[ServiceKey] = []
-        for group in groups:
+        for group in self.config.group or [DEFAULT_GROUP]:
             names = self.config.services or await self.service_names(server, namespace, group)
             keys.extend(ServiceKey(namespace, group, name) for name in sorted(set(names)))
+        return keys
+
+    async def all_service_keys(self) -> list[ServiceKey]:
+        """Every service of the scope, without instances (what a push needs to follow)."""
+        server = await self.client.connect()
+        keys: list[ServiceKey] = []
+        for namespace in await self.namespaces(server):
+            keys.extend(await self.service_keys(server, namespace))
+        return keys
+
+    async def per_service_listing(self, server: Server, namespace: str, skips: Skips) -> Listing:
+        keys = await self.service_keys(server, namespace)
         limit = asyncio.Semaphore(self.config.max_concurrency)
 
         async def one(key: ServiceKey) -> tuple[ServiceKey, list[LabelSet]]:
@@ -214,7 +226,7 @@ class Lister:
             async with asyncio.TaskGroup() as tasks:
                 pending = [tasks.create_task(one(key)) for key in keys]
         except ExceptionGroup as failed:
-            raise _first(failed) from None
+            raise first_error(failed) from None
         return dict(task.result() for task in pending)
 
     async def instances(self, server: Server, key: ServiceKey, skips: Skips) -> list[LabelSet]:
@@ -252,7 +264,7 @@ class Lister:
         )
 
 
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first failure of a task group, unwrapped (it names the service)."""
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure of a task group, unwrapped (it names what failed)."""
     first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
