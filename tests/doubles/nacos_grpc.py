@@ -193,7 +193,11 @@ class GrpcNaming:
     def _info(self, key: Subscription) -> dict[str, Any]:
         ns, group, service, clusters = key
         wanted = [c for c in clusters.split(",") if c]
-        return self.double.service_info(ns, group, service, wanted, False)
+        info = self.double.service_info(ns, group, service, wanted, False)
+        # Over gRPC, ServiceInfo.name is the bare name beside groupName (ServiceStorage);
+        # the HTTP v1 answer groups it. The official clients key their cache on both.
+        info["name"] = service
+        return info
 
     # --- BiRequestStream.requestBiStream -------------------------------------------------
 

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -17,6 +19,7 @@ from sdbridge.discovery.nacos import NacosDiscoverer, NacosSDConfig
 from sdbridge.errors import BackendError
 from sdbridge.model import TargetGroup
 from tests.doubles.nacos_double import NacosDouble, running
+from tests.servers.nacos_sdk import sdk_python
 
 VERSIONS = ("1.x", "2.x", "3.x")
 
@@ -526,3 +529,63 @@ async def test_no_grpc_on_1x() -> None:
         async with running_discoverer(double, refresh_interval="50ms") as h:
             await _until(lambda: h.discoverer.context.status.refreshes >= 2)
             assert h.discoverer.push is None
+
+
+# --- the official client against the double ----------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["2.x", "3.x"])
+async def test_official_python_client_registers_and_subscribes(version: str, tmp_path: Any) -> None:
+    """nacos-sdk-python (gRPC + v1 login) works against the double as against Nacos."""
+    python = sdk_python()
+    script = Path(__file__).parents[1] / "doubles" / "nacos_sdk_client.py"
+    with running(version=version, users={"nacos": "pw"}) as double:
+        double.register("watched", "127.0.0.40", 40)
+        process = await asyncio.create_subprocess_exec(
+            str(python),
+            str(script),
+            double.address,
+            "nacos",
+            "pw",
+            str(tmp_path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        assert process.stdin is not None
+
+        async def event(name: str) -> dict[str, Any]:
+            while True:
+                line = await asyncio.wait_for(process.stdout.readline(), 60)  # type: ignore[union-attr]
+                assert line, f"the SDK client ended before {name}"
+                found = orjson.loads(line)
+                if found["event"] == name:
+                    return dict(found)
+
+        try:
+            assert (await event("registered"))["ok"] is True
+            assert (await event("subscribed"))["addresses"] == ["127.0.0.40:40"]
+            # Its registration is what sdbridge lists, over HTTP and over gRPC.
+            async with refreshing(double, username="nacos", password="pw") as d:
+                sdk_app = (await listing(d))["127.0.0.31#8031#DEFAULT#DEFAULT_GROUP@@sdk-app"]
+            assert sdk_app["__meta_nacos_metadata_prometheus_path"] == "/metrics"
+            double.register("watched", "127.0.0.41", 41)
+            pushed = await event("pushed")
+            assert pushed["addresses"] == ["127.0.0.40:40", "127.0.0.41:41"]
+            assert double.logins["/nacos/v1/auth/users/login"] >= 1
+            assert double.grpc_messages["SubscribeServiceRequest"] >= 1
+            await _until(lambda: double.grpc_messages["NotifySubscriberResponse"] >= 1)
+            process.stdin.close()
+            await event("done")
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+        # Its connection closed: its ephemeral instance went with it, as on Nacos 2.x.
+        await _until(
+            lambda: (
+                "sdk-app" not in {s for _, s in double._services("public")}
+                or not double.service_info("public", "DEFAULT_GROUP", "sdk-app", [], False)["hosts"]
+            )
+        )
