@@ -247,6 +247,11 @@ class NacosDouble:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(fn)
 
+    def detect_clients(self) -> None:
+        """Probe every gRPC connection, as Nacos does to connections idle for 20 s."""
+        if self.grpc_server is not None:
+            self.call_soon(self.grpc_server.detect_clients)
+
     # --- data --------------------------------------------------------------------------
 
     def add_namespace(self, ns: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,13 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from sdbridge.config import load_config
 from sdbridge.discovery import mechanisms
 from sdbridge.discovery.base import DiscoveryContext
 from sdbridge.discovery.nacos import NacosDiscoverer, NacosSDConfig
 from sdbridge.errors import BackendError
 from sdbridge.model import TargetGroup
+from sdbridge.relabel import compile_rules, process
 from tests.doubles.nacos_double import NacosDouble, running
 from tests.servers.nacos_sdk import sdk_python
 
@@ -589,3 +593,45 @@ async def test_official_python_client_registers_and_subscribes(version: str, tmp
                 or not double.service_info("public", "DEFAULT_GROUP", "sdk-app", [], False)["hosts"]
             )
         )
+
+
+# --- examples/nacos ----------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "nacos" / "sdbridge.yml"
+
+
+def test_example_passes_sdbridge_check() -> None:
+    sdbridge = Path(sys.executable).with_name("sdbridge")
+    result = subprocess.run(
+        [str(sdbridge), "check", str(EXAMPLE)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK (1 job(s), 1 mechanism(s))" in result.stdout
+
+
+async def test_example_relabeling_scrapes_where_metadata_says() -> None:
+    config = load_config(EXAMPLE)
+    rules = compile_rules(config.jobs[0].relabel_configs)
+    with running(version="2.x", grpc=False) as double:
+        _fill(double)  # orders@127.0.0.1 announces prometheus.path and management.port
+        double.register("legacy", "127.0.0.5", 80, metadata={"prometheus.scrape": "false"})
+        double.register("v6", "::1", 80, metadata={"management.port": "9100"})
+        async with refreshing(double) as d:
+            targets = await listing(d)
+    orders = process(targets["127.0.0.1#8080#DEFAULT#DEFAULT_GROUP@@orders"], rules)
+    assert orders is not None
+    assert orders["__address__"] == "127.0.0.1:8081"
+    assert orders["__metrics_path__"] == "/actuator/prometheus"
+    assert (orders["service"], orders["namespace"], orders["cluster"]) == (
+        "orders",
+        "public",
+        "DEFAULT",
+    )
+    plain = process(targets["127.0.0.2#8080#BJ#DEFAULT_GROUP@@orders"], rules)
+    assert plain is not None
+    assert plain["__address__"] == "127.0.0.2:8080"
+    assert "__metrics_path__" not in plain
+    assert process(targets["127.0.0.5#80#DEFAULT#DEFAULT_GROUP@@legacy"], rules) is None
+    v6 = process(targets["::1#80#DEFAULT#DEFAULT_GROUP@@v6"], rules)
+    assert v6 is not None
+    assert v6["__address__"] == "[::1]:9100"
