@@ -48,7 +48,7 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         self.last_listing: float | None = None
         self.clock = time.monotonic
         self.push: Subscription | None = None  # the gRPC subscription (see watch)
-        self._listed = asyncio.Event()  # set by the first complete listing
+        self._connected = asyncio.Event()  # set once a server has answered
         self._woken_by_push = False
 
     async def run(self, send: Send) -> None:
@@ -62,6 +62,8 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         return self.push is not None and self.push.live()
 
     async def refresh(self) -> list[TargetGroup]:
+        await self.client.connect()
+        self._connected.set()  # the subscription may start (and list services over gRPC)
         woken, self._woken_by_push = self._woken_by_push, False
         if woken and self.last_listing is not None and self.pushing():
             return self.groups()  # the pushed state: no request to the server
@@ -85,17 +87,16 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
             self._count_skips(skips.items)
             self.state = listing
             self.last_listing = self.clock()
-            self._listed.set()
             if self.push is not None:
                 self.push.follow(sorted(listing, key=lambda k: k.source))
         return self.groups()
 
     async def watch(self) -> None:
-        """Subscribe over gRPC once the first listing has said what the server is."""
+        """Subscribe over gRPC once a server has answered and said what it is."""
         forever = asyncio.Event()
         if not self.config.grpc:
             await forever.wait()
-        await self._listed.wait()
+        await self._connected.wait()
         server = self.client.server
         if server is not None and server.major < 2:
             self.log.info("Nacos %s has no gRPC channel: polling only", server.version)
@@ -111,6 +112,8 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
             await forever.wait()
         subscription = GrpcSubscription(self)
         self.push = subscription
+        # Where no HTTP API lists services to this user (3.x), the channel can.
+        self.lister.grpc_service_names = subscription.service_names
         subscription.follow(sorted(self.state, key=lambda k: k.source))
         await subscription.run()
 

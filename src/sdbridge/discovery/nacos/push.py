@@ -58,7 +58,7 @@ class GrpcSubscription:
         self.messages = 0  # gRPC messages sent and received, for the bench
         self._changed = asyncio.Event()
         self._failing = False
-        self._call: Any = None
+        self._ask: Any = None  # the unary call of the live session
 
     def live(self) -> bool:
         return self.connected and self.subscribed.issuperset(self.wanted)
@@ -84,7 +84,38 @@ class GrpcSubscription:
                 backoff.reset()
             await asyncio.sleep(delay)
 
+    async def service_names(self, namespace: str, group: str) -> list[str] | None:
+        """The service names of a group over the channel (``ServiceListRequest``), paged;
+        None while there is no channel."""
+        ask = self._ask
+        if ask is None:
+            return None
+        names: list[str] = []
+        size = self.config.page_size
+        for page in range(1, 100_000):
+            body = {
+                "namespace": namespace,
+                "groupName": group,
+                "serviceName": "",
+                "pageNo": page,
+                "pageSize": size,
+                "selector": "",
+                "module": "naming",
+            }
+            data = await ask("ServiceListRequest", body)
+            found = data.get("serviceNames")
+            if not isinstance(found, list) or not all(isinstance(n, str) for n in found):
+                raise BackendError(
+                    f"Nacos gRPC ServiceListResponse: bad serviceNames {found!r:.100}"
+                )
+            names.extend(found)
+            count = data.get("count")
+            if len(found) < size or (isinstance(count, int) and page * size >= count):
+                return names
+        raise BackendError("Nacos gRPC ServiceListRequest: too many pages")
+
     def _lost(self, target: str, exc: BaseException) -> None:
+        self._ask = None
         was_live = self.connected
         self.connected = False
         self.subscribed.clear()
@@ -128,6 +159,7 @@ class GrpcSubscription:
                 return data
 
             await ask("ServerCheckRequest", {"module": "internal"})
+            self._ask = ask
             outbox: asyncio.Queue[bytes] = asyncio.Queue()
             setup = {
                 "clientVersion": f"sdbridge:{__version__}",
