@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -48,6 +47,8 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.doubles.nacos_double import free_port_pair  # noqa: E402
+
 from sdbridge.discovery.base import DiscoveryContext  # noqa: E402
 from sdbridge.discovery.nacos import NacosDiscoverer, NacosSDConfig  # noqa: E402
 from sdbridge.model import TargetGroup  # noqa: E402
@@ -56,25 +57,11 @@ from sdbridge.outputs.file import atomic_write  # noqa: E402
 INTERVAL = 30.0
 
 
-def _port_pair() -> int:
-    while True:
-        with socket.socket() as low, socket.socket() as high:
-            low.bind(("127.0.0.1", 0))
-            port = int(low.getsockname()[1])
-            if port + 1000 > 65535:
-                continue
-            try:
-                high.bind(("127.0.0.1", port + 1000))
-            except OSError:
-                continue
-            return port
-
-
 class Double:
     """A Nacos double in its own process, driven through /_double/call."""
 
     def __init__(self) -> None:
-        self.port = _port_pair()
+        self.port = free_port_pair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.doubles.nacos_double", "--port", str(self.port)],
             cwd=ROOT,

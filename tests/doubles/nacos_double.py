@@ -62,6 +62,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.doubles.background import BackgroundLoop
+
 DEFAULT_GROUP = "DEFAULT_GROUP"
 DEFAULT_CLUSTER = "DEFAULT"
 PUBLIC = "public"
@@ -140,7 +142,7 @@ class NacosDouble:
         self.clock: Callable[[], float] = time.monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
+        self._background = BackgroundLoop("nacos-double")
         self.grpc_server: Any = None  # GrpcNaming, when the channel is on
         self.on_change: list[Callable[[str, str, str], None]] = []  # (ns, group, service)
 
@@ -180,7 +182,7 @@ class NacosDouble:
     async def start_async(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self.port == 0:
-            self.port = _free_port_pair() if self.grpc_enabled and self.grpc_port is None else 0
+            self.port = free_port_pair() if self.grpc_enabled and self.grpc_port is None else 0
         self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024, reuse_address=True)
@@ -202,39 +204,13 @@ class NacosDouble:
             self._runner = None
 
     def start(self) -> NacosDouble:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start_async())
-            except BaseException as exc:
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop_async())
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="nacos-double", daemon=True)
-        self._thread.start()
-        ready.wait(30)
-        if errors:
-            raise errors[0]
+        """Serve from a background thread with its own event loop."""
+        self._background.start(self.start_async, self.stop_async)
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-            self._thread = None
+        """Stop the background thread."""
+        self._background.stop()
 
     def __enter__(self) -> NacosDouble:
         return self.start()
@@ -781,7 +757,7 @@ def _reset(request: web.Request) -> None:
     transport.abort()
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
     """A free port P on 127.0.0.1 with P + 1000 free too (Nacos's gRPC port offset)."""
     for _ in itertools.repeat(None, 200):
         with socket.socket() as low, socket.socket() as high:

@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 
-from ...errors import BackendError
 from ...model import (
     ADDRESS_LABEL,
     LabelSet,
@@ -23,6 +22,7 @@ from ...model import (
     join_host_port,
     sanitize_label_name,
 )
+from .._json import JSONReader
 
 # Label names, as in prometheus/prometheus discovery/consul/consul.go.
 META = "__meta_consul_"
@@ -77,22 +77,9 @@ def aggregated_status(checks: Iterable[Mapping[str, Any]]) -> str:
     return "passing"
 
 
-class GoJSONReader:
+class GoJSONReader(JSONReader):
     """Reads fields of decoded JSON as Go's json.Unmarshal into Consul's structs would:
     a null is the zero value, a wrong type is a BackendError naming where and what."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, what: str) -> BackendError:
-        return BackendError(f"{self.where}: {what}")
-
-    def obj(self, value: Any, what: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(f"{what} is not an object: {value!r:.100}")
-        return value
 
     def objects(self, value: Any, what: str) -> list[dict[str, Any]]:
         """A list of objects (each called ``what`` in errors)."""

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import BackendError
 from ...model import ADDRESS_LABEL, LabelSet, join_host_port, sanitize_label_name
+from .._json import JSONReader
 
 # Label names, as vmagent's nacos_sd_configs names them (plus the last two).
 META = "__meta_nacos_"
@@ -77,22 +77,9 @@ class Skips:
         self.items.append(what)
 
 
-class Reader:
+class Reader(JSONReader):
     """Reads fields of decoded JSON the way Nacos's Jackson mapping would; a wrong type is
     a BackendError naming where and what."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, what: str) -> BackendError:
-        return BackendError(f"{self.where}: {what}")
-
-    def obj(self, value: Any, what: str) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(f"{what} is not an object: {value!r:.100}")
-        return value
 
     def objects(self, value: Any, what: str) -> list[dict[str, Any]]:
         if value is None:
