@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Self
 
 Step = Callable[[], Coroutine[Any, Any, None]]
 
@@ -55,3 +55,31 @@ class BackgroundLoop:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(30)
             self._thread = None
+
+
+class Served:
+    """``start``/``stop`` and ``with`` for a double with ``start_async``/``stop_async``,
+    served by a :class:`BackgroundLoop` named ``_background``."""
+
+    _background: BackgroundLoop
+
+    async def start_async(self) -> None:
+        raise NotImplementedError
+
+    async def stop_async(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Serve from a background thread with its own event loop."""
+        self._background.start(self.start_async, self.stop_async)
+        return self
+
+    def stop(self) -> None:
+        """Stop the background thread."""
+        self._background.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

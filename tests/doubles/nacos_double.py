@@ -48,44 +48,24 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import re
 import secrets
 import socket
-import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tests.doubles.background import BackgroundLoop
+from tests.doubles.background import BackgroundLoop, Served
+from tests.doubles.faults import Fault, Faults, reset_connection
 
 DEFAULT_GROUP = "DEFAULT_GROUP"
 DEFAULT_CLUSTER = "DEFAULT"
 PUBLIC = "public"
 VERSIONS = {"1.x": "1.4.8", "2.x": "2.4.3", "3.x": "3.1.0"}
-
-
-@dataclass
-class Fault:
-    """One injected fault: applies to requests whose path matches ``path``."""
-
-    kind: str  # status | delay | malformed | truncated | reset
-    path: str = ".*"
-    status: int = 500
-    body: str = "caused: injected fault;"
-    delay: float = 0.0
-    count: int | None = None  # None: until cleared
-    after: int = 0  # let this many matching requests through first (page 2 fails)
-    hits: int = 0
-    pattern: re.Pattern[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.pattern = re.compile(self.path)
 
 
 def grouped(group: str, service: str) -> str:
@@ -103,7 +83,7 @@ def result(data: Any, code: int = 0, message: str = "success") -> dict[str, Any]
     return {"code": code, "message": message, "data": data}
 
 
-class NacosDouble:
+class NacosDouble(Served):
     """An in-memory Nacos naming server served over HTTP (and gRPC) on 127.0.0.1."""
 
     def __init__(
@@ -135,7 +115,7 @@ class NacosDouble:
         for ns in namespaces:
             self._data.setdefault(ns, {})
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (user, expires at)
-        self._faults: list[Fault] = []
+        self._faults = Faults(self._lock, "caused: injected fault;")
         self.requests: Counter[str] = Counter()
         self.grpc_messages: Counter[str] = Counter()
         self.logins: Counter[str] = Counter()  # path -> successful logins
@@ -202,21 +182,6 @@ class NacosDouble:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    def start(self) -> NacosDouble:
-        """Serve from a background thread with its own event loop."""
-        self._background.start(self.start_async, self.stop_async)
-        return self
-
-    def stop(self) -> None:
-        """Stop the background thread."""
-        self._background.stop()
-
-    def __enter__(self) -> NacosDouble:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in the double's loop (for gRPC pushes after a change)."""
@@ -466,29 +431,12 @@ class NacosDouble:
     # --- faults ------------------------------------------------------------------------
 
     def add_fault(self, kind: str, path: str = ".*", **options: Any) -> Fault:
-        fault = Fault(kind, path, **options)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
+        """Inject a fault for requests whose path matches the regex ``path``."""
+        return self._faults.add(kind, path, **options)
 
     def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def fault_for(self, path: str, kinds: tuple[str, ...]) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.kind in kinds and fault.pattern.search(path):
-                    if fault.after > 0:
-                        fault.after -= 1
-                        continue
-                    fault.hits += 1
-                    if fault.count is not None:
-                        fault.count -= 1
-                        if fault.count <= 0:
-                            self._faults.remove(fault)
-                    return fault
-        return None
+        """Remove every injected fault."""
+        self._faults.clear()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -517,14 +465,14 @@ class NacosDouble:
             return await handler(request)  # type: ignore[no-any-return]
         with self._lock:
             self.requests[path] += 1
-        fault = self.fault_for(path, ("delay", "status", "reset"))
+        fault = self._faults.match(path, ("delay", "status", "reset"))
         if fault is not None:
             if fault.kind == "delay":
                 await asyncio.sleep(fault.delay)
             elif fault.kind == "status":
                 return web.Response(status=fault.status, text=fault.body)
             else:
-                _reset(request)
+                reset_connection(request)
                 return web.Response(status=500)
         gone = self._compatibility(path)
         if gone is not None:
@@ -541,7 +489,7 @@ class NacosDouble:
             response: web.StreamResponse = await handler(request)
         except _BadRequest as exc:
             return web.Response(status=400, text=str(exc))
-        damage = self.fault_for(path, ("malformed", "truncated"))
+        damage = self._faults.match(path, ("malformed", "truncated"))
         if damage is not None and response.status == 200:
             body = getattr(response, "body", b"") or b""
             assert isinstance(body, bytes)
@@ -744,17 +692,6 @@ def _filter(keys: list[tuple[str, str]], request: web.Request) -> list[tuple[str
     group = request.query.get("groupNameParam", "")
     service = request.query.get("serviceNameParam", "")
     return [(g, s) for g, s in keys if group in g and service in s]
-
-
-def _reset(request: web.Request) -> None:
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 def free_port_pair() -> int:
