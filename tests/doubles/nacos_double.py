@@ -125,6 +125,8 @@ class NacosDouble(Served):
         self._background = BackgroundLoop("nacos-double")
         self.grpc_server: Any = None  # GrpcNaming, when the channel is on
         self.on_change: list[Callable[[str, str, str], None]] = []  # (ns, group, service)
+        # (ns, group, service, ADD_SERVICE | DELETE_SERVICE): what 3.x's fuzzy watch tells
+        self.on_service: list[Callable[[str, str, str, str], None]] = []
 
     @property
     def major(self) -> int:
@@ -235,14 +237,16 @@ class NacosDouble(Served):
             "ipDeleteTimeout": 30000,
         }
         with self._lock:
-            entry = self._data.setdefault(ns, {}).setdefault(
-                (group, service), {"metadata": {}, "instances": []}
-            )
+            table = self._data.setdefault(ns, {})
+            created = (group, service) not in table
+            entry = table.setdefault((group, service), {"metadata": {}, "instances": []})
             entry["instances"] = [
                 i
                 for i in entry["instances"]
                 if (i["ip"], i["port"], i["clusterName"]) != (ip, port, cluster)
             ] + [instance]
+        if created:
+            self._service_moved(ns, group, service, "ADD_SERVICE")
         self._changed(ns, group, service)
         return instance
 
@@ -296,7 +300,9 @@ class NacosDouble(Served):
     ) -> None:
         ns = namespace_id(namespace)
         with self._lock:
-            self._data.get(ns, {}).pop((group, service), None)
+            removed = self._data.get(ns, {}).pop((group, service), None)
+        if removed is not None:
+            self._service_moved(ns, group, service, "DELETE_SERVICE")
         self._changed(ns, group, service)
 
     def load(self, services: int, instances: int, *, namespace: str = PUBLIC) -> None:
@@ -325,6 +331,10 @@ class NacosDouble(Served):
                             "metadata": {"version": "1"},
                         }
                     )
+
+    def _service_moved(self, ns: str, group: str, service: str, how: str) -> None:
+        for listener in list(self.on_service):
+            listener(ns, group, service, how)
 
     def _changed(self, ns: str, group: str, service: str) -> None:
         for listener in list(self.on_change):

@@ -9,7 +9,10 @@ connection (its peer address), opened by ``ServerCheckRequest`` (answering the
 ``NotifySubscriberRequest``, which the client acknowledges on the stream.
 ``InstanceRequest`` (``registerInstance``/``deregisterInstance``) registers ephemeral
 instances owned by the connection, removed when it closes, as 2.x does.
-``ServiceListRequest`` pages service names; ``HealthCheckRequest`` is answered. With
+``ServiceListRequest`` pages service names; ``HealthCheckRequest`` is answered. On 3.x,
+``NamingFuzzyWatchRequest`` registers a ``namespace>>group>>service`` pattern
+(``common/utils/FuzzyGroupKeyPattern``), and a service created or deleted that matches is
+told as a ``NamingFuzzyWatchChangeNotifyRequest`` (``ADD_SERVICE``/``DELETE_SERVICE``). With
 auth on, a request without a live ``accessToken`` header is an ``ErrorResponse`` 403.
 Every message, both ways, is counted by type in ``double.grpc_messages``.
 """
@@ -38,6 +41,7 @@ class Connection:
         self.id = connection_id
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.subscriptions: set[Subscription] = set()
+        self.fuzzy_patterns: set[str] = set()  # namespace>>group>>service, with * wildcards
         self.instances: set[tuple[str, str, str, str, int, str]] = set()
         self.streaming = False
 
@@ -54,6 +58,8 @@ class GrpcNaming:
         self._push_ids = itertools.count(1)
         self.refuse = False  # answer every call UNAVAILABLE, as a closed port would
         double.on_change.append(self._on_change)
+        if double.major >= 3:
+            double.on_service.append(self._on_service)
 
     async def start(self) -> None:
         self.server = grpc.aio.server()
@@ -151,6 +157,18 @@ class GrpcNaming:
             else:
                 connection.subscriptions.discard(key)
             return self._answer("SubscribeServiceResponse", body, serviceInfo=self._info(key))
+        if kind == "NamingFuzzyWatchRequest" and self.double.major >= 3:
+            # naming/remote/rpc/handler/NamingFuzzyWatchRequestHandler: WATCH / CANCEL_WATCH.
+            pattern = str(body.get("groupKeyPattern") or "")
+            if pattern.count(">>") != 2:
+                return self._answer(
+                    "ErrorResponse", body, resultCode=500, errorCode=400, message="bad pattern"
+                )
+            if body.get("watchType") == "CANCEL_WATCH":
+                connection.fuzzy_patterns.discard(pattern)
+            else:
+                connection.fuzzy_patterns.add(pattern)
+            return self._answer("NamingFuzzyWatchResponse", body)
         if kind == "ServiceQueryRequest":
             key = (ns, group, service, str(body.get("cluster") or ""))
             return self._answer("QueryServiceResponse", body, serviceInfo=self._info(key))
@@ -254,6 +272,27 @@ class GrpcNaming:
                     }
                     connection.outbox.put_nowait(proto.encode("NotifySubscriberRequest", body))
 
+    def _on_service(self, ns: str, group: str, service: str, how: str) -> None:
+        self.double.call_soon(lambda: self._fuzzy_notify(ns, group, service, how))
+
+    def _fuzzy_notify(self, ns: str, group: str, service: str, how: str) -> None:
+        for connection in list(self.connections.values()):
+            if connection.streaming and any(
+                _pattern_matches(p, ns, group, service) for p in connection.fuzzy_patterns
+            ):
+                self._count("NamingFuzzyWatchChangeNotifyRequest")
+                body = {
+                    "requestId": f"fuzzy-{next(self._push_ids)}",
+                    "module": "naming",
+                    "headers": {},
+                    "serviceKey": f"{ns}>>{group}>>{service}",
+                    "changedType": how,
+                    "syncType": "FUZZY_WATCH_RESOURCE_CHANGED",
+                }
+                connection.outbox.put_nowait(
+                    proto.encode("NamingFuzzyWatchChangeNotifyRequest", body)
+                )
+
     def detect_clients(self) -> None:
         """Send every connection a ClientDetectionRequest, as the server does to idle ones."""
         for connection in self.connections.values():
@@ -264,3 +303,20 @@ class GrpcNaming:
                 "headers": {},
             }
             connection.outbox.put_nowait(proto.encode("ClientDetectionRequest", body))
+
+
+def _pattern_matches(pattern: str, ns: str, group: str, service: str) -> bool:
+    """FuzzyGroupKeyPattern.matchPattern: namespace exact, group and service with ``*``."""
+    want_ns, want_group, want_service = pattern.split(">>")
+    return want_ns == ns and _item(want_group, group) and _item(want_service, service)
+
+
+def _item(pattern: str, value: str) -> bool:
+    if "*" not in pattern:
+        return pattern == value
+    if pattern == "*":
+        return True
+    core = pattern.replace("*", "")
+    if pattern.startswith("*") and pattern.endswith("*"):
+        return core in value
+    return value.endswith(core) if pattern.startswith("*") else value.startswith(core)

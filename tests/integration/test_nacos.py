@@ -503,6 +503,24 @@ async def test_3x_non_admin_lists_services_over_grpc() -> None:
         assert double.grpc_messages["ServiceListRequest"] >= 1
 
 
+@pytest.mark.parametrize("hidden_catalog", [False, True])
+async def test_3x_fuzzy_watch_finds_new_services_at_once(hidden_catalog: bool) -> None:
+    with running(version="3.x") as double:
+        if hidden_catalog:
+            double.add_fault("status", "/admin/ns/service/list", status=403)
+        double.load(services=3, instances=1)
+        # An hour between listings: only the fuzzy watch can tell of the new service.
+        async with running_discoverer(double, refresh_interval="1h") as h:
+            d = h.discoverer
+            await _until(lambda: d.pushing() and len(h.groups) == 3)
+            double.register("brand-new", "127.0.0.60", 60)
+            await _until(lambda: h.addresses("brand-new") == ["127.0.0.60:60"])
+            double.remove_service("brand-new")
+            await _until(lambda: h.addresses("brand-new") == [])
+        assert double.grpc_messages["NamingFuzzyWatchRequest"] >= 1
+        assert double.grpc_messages["NamingFuzzyWatchChangeNotifyResponse"] >= 1
+
+
 async def test_grpc_refused_falls_back_to_polling_and_says_so_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -50,6 +50,7 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         self.push: Subscription | None = None  # the gRPC subscription (see watch)
         self._connected = asyncio.Event()  # set once a server has answered
         self._woken_by_push = False
+        self._services_moved = False  # 3.x fuzzy watch: a service came or went
 
     async def run(self, send: Send) -> None:
         try:
@@ -65,7 +66,8 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         await self.client.connect()
         self._connected.set()  # the subscription may start (and list services over gRPC)
         woken, self._woken_by_push = self._woken_by_push, False
-        if woken and self.last_listing is not None and self.pushing():
+        services_moved, self._services_moved = self._services_moved, False
+        if woken and not services_moved and self.last_listing is not None and self.pushing():
             return self.groups()  # the pushed state: no request to the server
         due = (
             self.last_listing is None
@@ -116,6 +118,11 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         self.lister.grpc_service_names = subscription.service_names
         subscription.follow(sorted(self.state, key=lambda k: k.source))
         await subscription.run()
+
+    def services_moved(self) -> None:
+        """A service was created or deleted (3.x fuzzy watch): look for it at once."""
+        self._services_moved = True
+        self.request_refresh()
 
     def apply_push(self, key: ServiceKey, targets: list[dict[str, str]] | None) -> None:
         """A pushed service state (None: the service is gone); sent by the next refresh."""

@@ -6,7 +6,10 @@ Nacos's own clients open it: ``ServerCheckRequest`` on ``Request.request``, then
 listed service gets a ``SubscribeServiceRequest``, whose answer and every later
 ``NotifySubscriberRequest`` carry the service's whole ``ServiceInfo``. Server requests
 on the stream (``NotifySubscriberRequest``, ``ClientDetectionRequest``,
-``SetupAckRequest``, ``ConnectResetRequest``) are answered on it.
+``SetupAckRequest``, ``ConnectResetRequest``) are answered on it. On 3.x a
+``NamingFuzzyWatchRequest`` per namespace (and group) makes the server tell of services
+created or deleted (``NamingFuzzyWatchChangeNotifyRequest``), which are then looked for
+at once instead of at the next listing.
 
 A refused or reset channel is logged once; the listing goes back to polling every
 ``refresh_interval`` until the channel is back. Needs grpcio (``sdbridge[nacos]``).
@@ -38,6 +41,8 @@ _STREAM_ANSWERS = {
     "ClientDetectionRequest": "ClientDetectionResponse",
     "SetupAckRequest": "SetupAckResponse",
     "ConnectResetRequest": "ConnectResetResponse",
+    "NamingFuzzyWatchChangeNotifyRequest": "NamingFuzzyWatchChangeNotifyResponse",
+    "NamingFuzzyWatchSyncRequest": "NamingFuzzyWatchSyncResponse",
 }
 
 
@@ -214,10 +219,40 @@ class GrpcSubscription:
                 outbox.put_nowait(proto.encode(answer, reply))
             if kind == "NotifySubscriberRequest":
                 self._apply(body, body.get("namespace"))
+            elif kind == "NamingFuzzyWatchChangeNotifyRequest":
+                self.discoverer.services_moved()  # a page of names or a listing finds it
             elif kind == "ConnectResetRequest":
                 raise ChannelReset("the server asked for a new connection")
 
+    async def _fuzzy_watch(self, ask: Any) -> None:
+        """On 3.x, watch for services created or deleted in the scope's namespaces
+        (``NamingFuzzyWatchRequest``, pattern ``namespace>>group>>service``)."""
+        server = self.discoverer.client.server
+        if server is None or server.major < 3:
+            return
+        namespaces = {k.namespace for k in self.wanted} | {
+            ns or "public" for ns in self.config.namespace if ns != "*"
+        }
+        groups = self.config.group or ["*"]
+        for namespace in sorted(namespaces):
+            for group in groups:
+                body = {
+                    "namespace": namespace,
+                    "groupKeyPattern": f"{namespace}>>{group}>>*",
+                    "receivedGroupKeys": [],
+                    "watchType": "WATCH",
+                    "isInitializing": True,
+                    "module": "naming",
+                }
+                try:
+                    await ask("NamingFuzzyWatchRequest", body)
+                except BackendError as exc:
+                    # Off, or over its pattern limits: new services wait for a listing.
+                    self.log.info("no Nacos fuzzy watch (%s): new services found by listing", exc)
+                    return
+
     async def _subscribe(self, ask: Any) -> None:
+        await self._fuzzy_watch(ask)
         limit = asyncio.Semaphore(SUBSCRIBE_CONCURRENCY)
         clusters = ",".join(self.config.clusters)
 
