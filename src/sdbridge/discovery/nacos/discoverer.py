@@ -1,10 +1,11 @@
-"""The ``nacos`` discoverer: full listings on a timer, gRPC pushes in between.
+"""The ``nacos`` discoverer: listings on a timer, gRPC pushes in between.
 
-Every ``refresh_interval`` the scope is listed whole (:mod:`.listing`) unless the gRPC
-subscription (:mod:`.push`) is live, in which case listings come every
-``resync_interval`` and a push updates its one service at once: the push calls
-:meth:`request_refresh`, and the refresh that follows sends the pushed state without a
-request to the server.
+Every ``refresh_interval`` the scope is listed: whole where a bulk call serves it (a few
+pages). Where the server lists per service only and the gRPC subscription (:mod:`.push`)
+is live, a refresh reads only a page of names (to find new and gone services), and every
+service is read again only every ``resync_interval``. A push updates its one service at
+once: it calls :meth:`request_refresh`, and the refresh that follows sends the pushed
+state without a request to the server.
 """
 
 from __future__ import annotations
