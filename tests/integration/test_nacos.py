@@ -500,6 +500,8 @@ async def test_3x_non_admin_lists_services_over_grpc() -> None:
             double, username="app", password="pw2", refresh_interval="50ms"
         ) as h:
             await _until(lambda: len(h.addresses("orders")) == 2)
+            # The first listing waited for the channel rather than failing.
+            assert h.discoverer.context.status.failures == 0
         assert double.grpc_messages["ServiceListRequest"] >= 1
 
 

@@ -11,6 +11,7 @@ state without a request to the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -35,6 +36,10 @@ class Subscription(Protocol):
         """Subscribe to these services (and only these)."""
         ...
 
+    async def service_names(self, namespace: str, group: str) -> list[str] | None:
+        """A group's service names over the channel; None while there is none."""
+        ...
+
 
 @register("nacos", NacosSDConfig)
 class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
@@ -52,6 +57,10 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         self._connected = asyncio.Event()  # set once a server has answered
         self._woken_by_push = False
         self._services_moved = False  # 3.x fuzzy watch: a service came or went
+        self._subscription_started = asyncio.Event()
+        if config.grpc:
+            # Where no HTTP API lists services to this user (3.x), the channel can.
+            self.lister.grpc_service_names = self._names_over_grpc
 
     async def run(self, send: Send) -> None:
         try:
@@ -115,10 +124,21 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
             await forever.wait()
         subscription = GrpcSubscription(self)
         self.push = subscription
-        # Where no HTTP API lists services to this user (3.x), the channel can.
-        self.lister.grpc_service_names = subscription.service_names
+        self._subscription_started.set()
         subscription.follow(sorted(self.state, key=lambda k: k.source))
         await subscription.run()
+
+    async def _names_over_grpc(self, namespace: str, group: str) -> list[str] | None:
+        """A group's service names over the gRPC channel; None where there is none."""
+        server = self.client.server
+        if server is None or server.major < 2:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):  # watch() starts it as the server answers
+                await self._subscription_started.wait()
+        if self.push is None:
+            return None  # no grpcio, or 1.x: polling only
+        return await self.push.service_names(namespace, group)
 
     def services_moved(self) -> None:
         """A service was created or deleted (3.x fuzzy watch): look for it at once."""

@@ -18,6 +18,7 @@ A refused or reset channel is logged once; the listing goes back to polling ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,7 @@ class GrpcSubscription:
         self.messages = 0  # gRPC messages sent and received, for the bench
         self._changed = asyncio.Event()
         self._failing = False
+        self.ready = asyncio.Event()  # set while a session can ask (ServerCheck passed)
         self._ask: Any = None  # the unary call of the live session
 
     def live(self) -> bool:
@@ -92,6 +94,11 @@ class GrpcSubscription:
     async def service_names(self, namespace: str, group: str) -> list[str] | None:
         """The service names of a group over the channel (``ServiceListRequest``), paged;
         None while there is no channel."""
+        if not self._failing and not self.ready.is_set():
+            # Still connecting (the first listing races the channel): give it a moment.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.request_timeout):
+                    await self.ready.wait()
         ask = self._ask
         if ask is None:
             return None
@@ -121,6 +128,7 @@ class GrpcSubscription:
 
     def _lost(self, target: str, exc: BaseException) -> None:
         self._ask = None
+        self.ready.clear()
         was_live = self.connected
         self.connected = False
         self.subscribed.clear()
@@ -165,6 +173,7 @@ class GrpcSubscription:
 
             await ask("ServerCheckRequest", {"module": "internal"})
             self._ask = ask
+            self.ready.set()
             outbox: asyncio.Queue[bytes] = asyncio.Queue()
             setup = {
                 "clientVersion": f"sdbridge:{__version__}",
