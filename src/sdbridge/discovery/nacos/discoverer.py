@@ -28,6 +28,8 @@ from .listing import Lister, Listing
 class Subscription(Protocol):
     """What the discoverer needs of the gRPC subscription."""
 
+    connected: bool  # a session is up (pushes may arrive)
+
     def live(self) -> bool:
         """Whether pushes arrive for every followed service."""
         ...
@@ -77,8 +79,11 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         self._connected.set()  # the subscription may start (and list services over gRPC)
         woken, self._woken_by_push = self._woken_by_push, False
         services_moved, self._services_moved = self._services_moved, False
-        if woken and not services_moved and self.last_listing is not None and self.pushing():
-            return self.groups()  # the pushed state: no request to the server
+        channel_up = self.push is not None and self.push.connected
+        if woken and not services_moved and self.last_listing is not None and channel_up:
+            # The pushed state (a notification, or the answer of a new subscription):
+            # no request to the server.
+            return self.groups()
         due = (
             self.last_listing is None
             or not self.pushing()
@@ -125,7 +130,8 @@ class NacosDiscoverer(RefreshDiscoverer[NacosSDConfig]):
         subscription = GrpcSubscription(self)
         self.push = subscription
         self._subscription_started.set()
-        subscription.follow(sorted(self.state, key=lambda k: k.source))
+        if self.last_listing is not None:
+            subscription.follow(sorted(self.state, key=lambda k: k.source))
         await subscription.run()
 
     async def _names_over_grpc(self, namespace: str, group: str) -> list[str] | None:

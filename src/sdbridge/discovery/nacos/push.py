@@ -59,6 +59,7 @@ class GrpcSubscription:
         self.config = discoverer.config
         self.log = discoverer.log
         self.wanted: list[ServiceKey] = []
+        self._followed = False  # follow() called (by a listing)
         self.subscribed: set[ServiceKey] = set()
         self.connected = False
         self.messages = 0  # gRPC messages sent and received, for the bench
@@ -68,10 +69,12 @@ class GrpcSubscription:
         self._ask: Any = None  # the unary call of the live session
 
     def live(self) -> bool:
-        return self.connected and self.subscribed.issuperset(self.wanted)
+        # Not before a listing has said what to follow: an empty wish is not a live one.
+        return self.connected and self._followed and self.subscribed.issuperset(self.wanted)
 
     def follow(self, keys: Sequence[ServiceKey]) -> None:
         self.wanted = list(keys)
+        self._followed = True
         self._changed.set()
 
     async def run(self) -> None:
