@@ -33,6 +33,7 @@ class Fault:
     delay: float = 0.0
     index: int = 0  # Consul's "index" fault: the X-Consul-Index to announce
     count: int | None = None  # None: until cleared
+    after: int = 0  # let this many matching requests through first (page 2 fails)
     hits: int = 0
     pattern: re.Pattern[str] = field(init=False)
 
@@ -81,6 +82,9 @@ class FaultInjector:
         with self._fault_lock:
             for fault in self._faults:
                 if fault.kind in kinds and fault.pattern.search(path):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
                     fault.hits += 1
                     if fault.count is not None:
                         fault.count -= 1

@@ -59,8 +59,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.doubles.background import BackgroundLoop, Served
-from tests.doubles.faults import Fault, Faults, reset_connection
+from tests.doubles.base import FaultInjector, ThreadedServer
 
 DEFAULT_GROUP = "DEFAULT_GROUP"
 DEFAULT_CLUSTER = "DEFAULT"
@@ -83,8 +82,11 @@ def result(data: Any, code: int = 0, message: str = "success") -> dict[str, Any]
     return {"code": code, "message": message, "data": data}
 
 
-class NacosDouble(Served):
+class NacosDouble(ThreadedServer, FaultInjector):
     """An in-memory Nacos naming server served over HTTP (and gRPC) on 127.0.0.1."""
+
+    thread_name = "nacos-double"
+    default_fault_body = "caused: injected fault;"
 
     def __init__(
         self,
@@ -115,14 +117,13 @@ class NacosDouble(Served):
         for ns in namespaces:
             self._data.setdefault(ns, {})
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (user, expires at)
-        self._faults = Faults(self._lock, "caused: injected fault;")
+        FaultInjector.__init__(self)
         self.requests: Counter[str] = Counter()
         self.grpc_messages: Counter[str] = Counter()
         self.logins: Counter[str] = Counter()  # path -> successful logins
         self.clock: Callable[[], float] = time.monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
-        self._background = BackgroundLoop("nacos-double")
         self.grpc_server: Any = None  # GrpcNaming, when the channel is on
         self.on_change: list[Callable[[str, str, str], None]] = []  # (ns, group, service)
         # (ns, group, service, ADD_SERVICE | DELETE_SERVICE): what 3.x's fuzzy watch tells
@@ -440,14 +441,6 @@ class NacosDouble(Served):
 
     # --- faults ------------------------------------------------------------------------
 
-    def add_fault(self, kind: str, path: str = ".*", **options: Any) -> Fault:
-        """Inject a fault for requests whose path matches the regex ``path``."""
-        return self._faults.add(kind, path, **options)
-
-    def clear_faults(self) -> None:
-        """Remove every injected fault."""
-        self._faults.clear()
-
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -475,15 +468,9 @@ class NacosDouble(Served):
             return await handler(request)  # type: ignore[no-any-return]
         with self._lock:
             self.requests[path] += 1
-        fault = self._faults.match(path, ("delay", "status", "reset"))
-        if fault is not None:
-            if fault.kind == "delay":
-                await asyncio.sleep(fault.delay)
-            elif fault.kind == "status":
-                return web.Response(status=fault.status, text=fault.body)
-            else:
-                reset_connection(request)
-                return web.Response(status=500)
+        refused = await self.arrival_fault(request, path)
+        if refused is not None:
+            return refused
         gone = self._compatibility(path)
         if gone is not None:
             return gone
@@ -499,7 +486,7 @@ class NacosDouble(Served):
             response: web.StreamResponse = await handler(request)
         except _BadRequest as exc:
             return web.Response(status=400, text=str(exc))
-        damage = self._faults.match(path, ("malformed", "truncated"))
+        damage = self._fault_for(path, ("malformed", "truncated"))
         if damage is not None and response.status == 200:
             body = getattr(response, "body", b"") or b""
             assert isinstance(body, bytes)

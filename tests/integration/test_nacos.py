@@ -531,7 +531,7 @@ async def test_grpc_refused_falls_back_to_polling_and_says_so_once(
         async with running_discoverer(
             double, refresh_interval="50ms", grpc_port=int(_dead_address().split(":")[1])
         ) as h:
-            await _until(lambda: h.discoverer.context.status.refreshes >= 5)
+            await _until(lambda: h.sends >= 5)
             assert not h.discoverer.pushing()
             double.register("late", "127.0.0.8", 8)
             await _until(lambda: h.addresses("late") == ["127.0.0.8:8"])  # by polling
@@ -563,7 +563,7 @@ async def test_no_grpc_on_1x() -> None:
     with running(version="1.x") as double:
         _fill(double)
         async with running_discoverer(double, refresh_interval="50ms") as h:
-            await _until(lambda: h.discoverer.context.status.refreshes >= 2)
+            await _until(lambda: h.sends >= 2)
             assert h.discoverer.push is None
 
 
