@@ -195,7 +195,7 @@ async def test_server_down_keeps_the_last_good_targets_then_recovers() -> None:
     eureka.register(instance("web", "127.0.0.1", 8080))
     context = DiscoveryContext(job="eureka-test", mechanism="eureka")
     config = EurekaSDConfig(server=eureka.url, refresh_interval="50ms")  # type: ignore[arg-type]
-    task = asyncio.create_task(EurekaDiscoverer(config, context).run(_append(sent)))
+    task = asyncio.create_task(EurekaDiscoverer(config, context).run(_append(sent, context)))
     try:
         await _until(lambda: len(sent) >= 1)
         assert addresses(sent[0]) == {"WEB": ["127.0.0.1:8080"]}
@@ -219,9 +219,15 @@ async def test_server_down_keeps_the_last_good_targets_then_recovers() -> None:
             await task
 
 
-def _append(sent: list[list[TargetGroup]]) -> Callable[[list[TargetGroup]], Awaitable[None]]:
+def _append(
+    sent: list[list[TargetGroup]], context: DiscoveryContext | None = None
+) -> Callable[[list[TargetGroup]], Awaitable[None]]:
+    """A send that records what it gets and, like the job, records the accepted sync."""
+
     async def send(groups: list[TargetGroup]) -> None:
         sent.append(groups)
+        if context is not None:
+            context.record_sync()
 
     return send
 
