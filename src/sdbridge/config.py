@@ -29,6 +29,7 @@ from .durations import Duration
 from .errors import ConfigError
 from .registry.config import RegistryConfig
 from .relabel import RelabelConfig
+from .yamlload import UniqueKeyLoader, YAMLProblem, format_location, load_yaml
 
 JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$")
 FILE_SUFFIXES = (".json", ".yml", ".yaml")
@@ -224,17 +225,6 @@ def config_models() -> tuple[type[ConfigBase], type[JobConfigBase]]:
     return _built_models[1], _built_models[2]
 
 
-def format_location(loc: tuple[int | str, ...]) -> str:
-    """``('jobs', 0, 'exec_sd_configs', 0, 'command')`` → ``jobs[0].exec_sd_configs[0].command``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
 def _validation_messages(exc: ValidationError, origin: str) -> list[str]:
     messages = []
     for error in exc.errors(include_url=False):
@@ -293,11 +283,11 @@ def resolve_paths(config: ConfigBase, base_dir: Path) -> ConfigBase:
     return config.model_copy(update={"jobs": jobs, "global_": global_, "registry": registry})
 
 
-class _ConfigLoader(yaml.SafeLoader):
+class _ConfigLoader(UniqueKeyLoader):
     """YAML 1.1 minus implicit octal: ``0644`` is 644, not 420, so ``file_mode: 0644`` works."""
 
 
-def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+def _construct_int(loader: UniqueKeyLoader, node: yaml.ScalarNode) -> int:
     text = str(loader.construct_scalar(node)).replace("_", "")
     try:
         if re.fullmatch(r"[-+]?0[0-7]+", text):
@@ -367,12 +357,8 @@ def load_config(path: Path, *, max_size: int = DEFAULT_MAX_CONFIG_SIZE) -> Confi
     """Read, parse and validate a config file; errors name the file, line or path."""
     text = read_config_text(path, max_size=max_size)
     try:
-        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
-    except RecursionError:  # PyYAML recurses per nesting level
-        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+        data = load_yaml(text, _ConfigLoader)
+    except YAMLProblem as exc:
+        messages = [f"{path}: {message}" for message in exc.messages]
+        raise ConfigError("\n".join(messages), errors=messages) from None
     return parse_config(data, origin=str(path), base_dir=path.parent.absolute())

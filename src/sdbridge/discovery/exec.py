@@ -24,6 +24,7 @@ from ..durations import Duration
 from ..errors import DiscoveryError, InvalidTargetError
 from ..masking import mask_argv
 from ..model import TargetGroup, parse_file_sd
+from ..yamlload import UniqueKeyLoader, YAMLProblem, load_yaml
 from . import register
 from .base import RefreshConfig, RefreshDiscoverer, resolve_path
 
@@ -111,7 +112,7 @@ class ExecDiscoverer(RefreshDiscoverer[ExecSDConfig]):
         return parse_exec_output(stdout, origin=f"output of {shown}")
 
 
-class _FileSDLoader(yaml.SafeLoader):
+class _FileSDLoader(UniqueKeyLoader):
     """YAML as Prometheus's file_sd reads it into strings: ``port: 80`` is the label "80".
 
     Go's yaml.v2 decodes any scalar into a string field as its text; PyYAML would make
@@ -119,7 +120,7 @@ class _FileSDLoader(yaml.SafeLoader):
     """
 
 
-def _scalar_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+def _scalar_text(loader: UniqueKeyLoader, node: yaml.ScalarNode) -> str:
     return str(loader.construct_scalar(node))
 
 
@@ -135,13 +136,13 @@ def parse_exec_output(stdout: bytes, *, origin: str) -> list[TargetGroup]:
         data = orjson.loads(stdout)
     except orjson.JSONDecodeError:
         try:
-            data = yaml.load(stdout.decode("utf-8"), Loader=_FileSDLoader)  # a SafeLoader
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            data = load_yaml(stdout.decode("utf-8"), _FileSDLoader)
+        except UnicodeDecodeError as exc:
             raise InvalidTargetError(f"{origin}: neither JSON nor YAML: {exc}") from exc
-        except RecursionError:  # PyYAML recurses per nesting level
-            raise InvalidTargetError(
-                f"{origin}: neither JSON nor YAML: nested too deeply"
-            ) from None
+        except YAMLProblem as exc:
+            if exc.messages[0].startswith("invalid YAML"):
+                raise InvalidTargetError(f"{origin}: neither JSON nor YAML: {exc}") from None
+            raise InvalidTargetError(f"{origin}: {'; '.join(exc.messages)}") from None
     return parse_file_sd(data, origin=origin)
 
 

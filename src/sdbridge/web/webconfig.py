@@ -25,11 +25,11 @@ import ssl
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import DEFAULT_MAX_CONFIG_SIZE, format_location, read_config_text
+from ..config import DEFAULT_MAX_CONFIG_SIZE, read_config_text
 from ..errors import ConfigError
+from ..yamlload import YAMLProblem, format_location, load_yaml
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -120,14 +120,10 @@ def load_web_config(path: Path | None, *, max_size: int = DEFAULT_MAX_CONFIG_SIZ
     origin = str(path)
     text = read_config_text(path, max_size=max_size, what="web config file")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{origin}: invalid YAML: {where}{problem}") from None
-    except ValueError:  # an integer longer than Python converts (4300 digits)
-        raise ConfigError(f"{origin}: invalid YAML: an integer is out of range") from None
+        data = load_yaml(text)
+    except YAMLProblem as exc:
+        messages = [f"{origin}: {message}" for message in exc.messages]
+        raise ConfigError("\n".join(messages), errors=messages) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
