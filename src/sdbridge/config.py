@@ -8,9 +8,11 @@ Relative paths are resolved against the config file's directory, as Prometheus d
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Any, Self
+from types import UnionType
+from typing import Any, Self, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -27,6 +29,7 @@ from .discovery import mechanisms
 from .discovery.base import MechanismConfig, resolve_path
 from .durations import Duration
 from .errors import ConfigError
+from .masking import is_secret_name
 from .registry.config import RegistryConfig
 from .relabel import RelabelConfig
 from .yamlload import UniqueKeyLoader, YAMLProblem, format_location, load_yaml
@@ -177,27 +180,59 @@ class ConfigBase(StrictModel):
 
         Run after path resolution, so ``a.json`` and ``./a.json`` are the same file.
         """
-        messages = []
-        names: dict[str, int] = {}
-        files: dict[Path, str] = {}
-        for index, job in enumerate(self.jobs):
-            if job.name in names:
-                messages.append(
-                    f"{origin}: jobs[{index}].name: duplicate job name {job.name!r} "
-                    f"(also jobs[{names[job.name]}])"
-                )
-            names.setdefault(job.name, index)
-            if job.output.file is None:
-                continue
-            key = job.output.file.resolve()
-            if key in files:
-                messages.append(
-                    f"{origin}: jobs[{index}].output.file: jobs {files[key]!r} and "
-                    f"{job.name!r} write the same file {job.output.file}"
-                )
-            files.setdefault(key, job.name)
+        messages = duplicate_job_messages(
+            [(job.name, job.output.file) for job in self.jobs], origin
+        )
         if messages:
             raise ConfigError("\n".join(messages), errors=messages)
+
+
+def duplicate_job_messages(jobs: list[tuple[str | None, Path | None]], origin: str) -> list[str]:
+    """Cross-job errors: two jobs with one name, or two jobs writing one file.
+
+    ``jobs`` holds each job's name and resolved output file, None where unknown (a job
+    whose own fields are invalid still takes part, so all errors are reported at once).
+    """
+    messages = []
+    names: dict[str, int] = {}
+    files: dict[Path, str] = {}
+    for index, (name, file) in enumerate(jobs):
+        if name is not None:
+            if name in names:
+                messages.append(
+                    f"{origin}: jobs[{index}].name: duplicate job name {name!r} "
+                    f"(also jobs[{names[name]}])"
+                )
+            names.setdefault(name, index)
+        if file is None:
+            continue
+        key = file.resolve()
+        if key in files:
+            messages.append(
+                f"{origin}: jobs[{index}].output.file: jobs {files[key]!r} and "
+                f"{name!r} write the same file {file}"
+            )
+        files.setdefault(key, str(name))
+    return messages
+
+
+def _raw_jobs(data: dict[str, Any], base_dir: Path) -> list[tuple[str | None, Path | None]]:
+    # The names and output files of jobs as written, for cross-job checks on a config
+    # that did not validate.
+    jobs = data.get("jobs")
+    found: list[tuple[str | None, Path | None]] = []
+    for job in jobs if isinstance(jobs, list) else ():
+        job = job if isinstance(job, dict) else {}
+        name = job.get("name")
+        output = job.get("output")
+        file = output.get("file") if isinstance(output, dict) else None
+        found.append(
+            (
+                name if isinstance(name, str) else None,
+                resolve_path(Path(file), base_dir) if isinstance(file, str) and file else None,
+            )
+        )
+    return found
 
 
 _built_models: tuple[tuple[str, ...], type[ConfigBase], type[JobConfigBase]] | None = None
@@ -225,20 +260,133 @@ def config_models() -> tuple[type[ConfigBase], type[JobConfigBase]]:
     return _built_models[1], _built_models[2]
 
 
-def _validation_messages(exc: ValidationError, origin: str) -> list[str]:
+def validation_messages(
+    exc: ValidationError, origin: str, model: type[BaseModel] | None = None
+) -> list[str]:
+    """Pydantic's errors in an operator's words, each naming the file and the path.
+
+    An unknown key gets the closest valid key of ``model`` at that place ("did you
+    mean ...?"); type errors say what shape was expected and what was given.
+    """
     messages = []
     for error in exc.errors(include_url=False):
         loc = tuple(
             p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))
         )
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-            if loc and isinstance(loc[-1], str) and loc[-1].endswith("_sd_configs"):
-                known = ", ".join(sorted(m.config_key for m in mechanisms().values()))
-                message = f"unknown mechanism (known: {known}; is its plugin installed?)"
-        messages.append(f"{origin}: {format_location(loc)}: {message}")
+        messages.append(f"{origin}: {format_location(loc)}: {_explain(error, loc, model)}")
     return messages
+
+
+def _explain(error: Any, loc: tuple[int | str, ...], model: type[BaseModel] | None) -> str:
+    kind = error["type"]
+    given = error.get("input")
+    secret = any(isinstance(part, str) and is_secret_name(part) for part in loc)
+    got = "" if secret else f", got {_shape(given)}"
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else ""
+        if key.endswith("_sd_configs"):
+            # Compare mechanism names alone: every key shares the "_sd_configs" tail.
+            known = sorted(m.name for m in mechanisms().values())
+            close = difflib.get_close_matches(key.removesuffix("_sd_configs"), known, n=1)
+            if close:
+                return f"unknown mechanism; did you mean '{close[0]}_sd_configs'?"
+            keys = ", ".join(f"{name}_sd_configs" for name in known)
+            return f"unknown mechanism (known: {keys}; is its plugin installed?)"
+        valid = _keys_at(model, loc[:-1]) if model is not None else []
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    expected = _EXPECTED.get(kind)
+    if expected is not None:
+        return f"expected {expected}{got}"
+    if kind == "literal_error":
+        return f"expected one of {error.get('ctx', {}).get('expected', '?')}{got}"
+    message = str(error["msg"])
+    if kind == "value_error":
+        return message.removeprefix("Value error, ")
+    if message.startswith("Input should be "):
+        return "must be " + message.removeprefix("Input should be ") + got
+    return message
+
+
+_LIST = "a list (one '- item' per line, or [a, b])"
+_MAPPING = "a mapping of key: value lines (or {key: value})"
+_EXPECTED = {
+    "list_type": _LIST,
+    "tuple_type": _LIST,
+    "set_type": _LIST,
+    "dict_type": _MAPPING,
+    "model_type": _MAPPING,
+    "model_attributes_type": _MAPPING,
+    "string_type": "text",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "path_type": "a file path",
+}
+
+
+def _shape(value: Any) -> str:
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys valid at ``loc`` inside ``model`` (aliases as written in YAML)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(part, int):
+            args = [a for a in get_args(current) if a is not type(None)]
+            if get_origin(current) is dict and len(args) == 2:
+                current = args[1]
+            elif args:
+                current = args[0]
+            else:
+                return []
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            field = _field_named(current, part)
+            if field is None:
+                return []
+            current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [field.alias or name for name, field in current.model_fields.items()]
+    return []
+
+
+def _field_named(model: type[BaseModel], key: str) -> Any:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    # X | None -> X
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
 
 
 def parse_config(
@@ -253,7 +401,10 @@ def parse_config(
     try:
         config = config_model.model_validate(data)
     except ValidationError as exc:
-        messages = _validation_messages(exc, origin)
+        messages = validation_messages(exc, origin, config_model)
+        # Cross-job errors too, so a second run does not bring up new ones.
+        base = base_dir if base_dir is not None else Path.cwd()
+        messages += duplicate_job_messages(_raw_jobs(data, base), origin)
         raise ConfigError("\n".join(messages), errors=messages) from None
     config = resolve_paths(config, base_dir if base_dir is not None else Path.cwd())
     config.check_jobs(origin)

@@ -137,12 +137,14 @@ def test_unknown_key(tmp_path: Path) -> None:
     path = write(
         tmp_path, "jobs:\n  - name: a\n    exec_sd_configs: [{command: [x], comand: [y]}]\n"
     )
-    assert errors_of(path) == f"{path}: jobs[0].exec_sd_configs[0].comand: unknown key"
+    assert errors_of(path) == (
+        f"{path}: jobs[0].exec_sd_configs[0].comand: unknown key; did you mean 'command'?"
+    )
 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     path = write(tmp_path, "job: []\n")
-    assert errors_of(path) == f"{path}: job: unknown key"
+    assert errors_of(path) == f"{path}: job: unknown key; did you mean 'jobs'?"
 
 
 def test_unknown_mechanism(tmp_path: Path) -> None:
@@ -218,11 +220,11 @@ def test_two_jobs_writing_the_same_file(tmp_path: Path) -> None:
         ("{name: a}", "jobs[0]", "job 'a' has no mechanism; add one of: "),
         ("{name: 'a b', " + EXEC + "}", "jobs[0].name", "job name 'a b' must match"),
         ('{name: "a\\n", ' + EXEC + "}", "jobs[0].name", "job name 'a\\n' must match"),
-        ("{" + EXEC + "}", "jobs[0].name", "Field required"),
+        ("{" + EXEC + "}", "jobs[0].name", "required key is missing"),
         (
             "{name: a, exec_sd_configs: [{}]}",
             "jobs[0].exec_sd_configs[0].command",
-            "Field required",
+            "required key is missing",
         ),
         (
             "{name: a, exec_sd_configs: [{command: []}]}",
@@ -232,7 +234,7 @@ def test_two_jobs_writing_the_same_file(tmp_path: Path) -> None:
         (
             "{name: a, exec_sd_configs: [{command: x}]}",
             "jobs[0].exec_sd_configs[0].command",
-            "valid list",
+            "expected a list",
         ),
         (
             "{name: a, " + EXEC + ", output: {file: x.txt}}",

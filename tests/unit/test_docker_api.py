@@ -28,11 +28,11 @@ def _job(key: str, entry: dict[str, object]) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"role": "tasks"}, "host: Field required"),
-        ({"host": "unix:///var/run/docker.sock"}, "role: Field required"),
+        ({"role": "tasks"}, "host: required key is missing"),
+        ({"host": "unix:///var/run/docker.sock"}, "role: required key is missing"),
         (
             {"host": "unix:///x", "role": "containers"},
-            "role: Input should be 'services', 'tasks' or 'nodes'",
+            "role: expected one of 'services', 'tasks' or 'nodes'",
         ),
         ({"host": "/var/run/docker.sock", "role": "tasks"}, "must start with unix://, tcp://"),
         ({"host": "unix://", "role": "tasks"}, "names no socket path"),
@@ -40,7 +40,7 @@ def _job(key: str, entry: dict[str, object]) -> dict[str, object]:
         ({"host": "tcp://h:99999", "role": "tasks"}, "Port out of range"),
         (
             {"host": "unix:///x", "role": "tasks", "port": 0},
-            "port: Input should be greater than or equal to 1",
+            "port: must be greater than or equal to 1",
         ),
         (
             {"host": "unix:///x", "role": "tasks", "tls_config": {"insecure_skip_verify": True}},

@@ -214,7 +214,7 @@ def _config(**entry: Any) -> Any:
 @pytest.mark.parametrize(
     ("entry", "error"),
     [
-        ({"layout": "nacos"}, "layout: Input should be 'endpoints'"),
+        ({"layout": "nacos"}, "layout: expected one of 'endpoints'"),
         ({"layout": "json"}, "layout json needs fields"),
         ({"fields": {"address": "a"}}, "fields applies to layout json only"),
         ({"layout": "json", "fields": {"address": "a", "host": "h"}}, "either address"),

@@ -27,9 +27,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import DEFAULT_MAX_CONFIG_SIZE, read_config_text
+from ..config import DEFAULT_MAX_CONFIG_SIZE, read_config_text, validation_messages
 from ..errors import ConfigError
-from ..yamlload import YAMLProblem, format_location, load_yaml
+from ..yamlload import YAMLProblem, load_yaml
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -131,12 +131,7 @@ def load_web_config(path: Path | None, *, max_size: int = DEFAULT_MAX_CONFIG_SIZ
     try:
         config = WebConfigFile.model_validate(data)
     except ValidationError as exc:
-        messages = []
-        for error in exc.errors(include_url=False):
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            messages.append(f"{origin}: {format_location(tuple(error['loc']))}: {message}")
+        messages = validation_messages(exc, origin, WebConfigFile)
         raise ConfigError("\n".join(messages), errors=messages) from None
     base = path.parent.absolute()
     return WebSettings(config, _ssl_context(config.tls_server_config, base, origin))
@@ -147,9 +142,13 @@ def _ssl_context(tls: TLSServerConfig | None, base: Path, origin: str) -> ssl.SS
         return None
     where = f"{origin}: tls_server_config"
     if tls.cert_file is None or tls.key_file is None:
-        raise ConfigError(f"{where}: cert_file and key_file are both required")
+        missing = "cert_file" if tls.cert_file is None else "key_file"
+        raise ConfigError(f"{where}.{missing}: missing; cert_file and key_file are both required")
     cert = tls.cert_file if tls.cert_file.is_absolute() else base / tls.cert_file
     key = tls.key_file if tls.key_file.is_absolute() else base / tls.key_file
+    for name, file in (("cert_file", cert), ("key_file", key)):
+        if not file.is_file():
+            raise ConfigError(f"{where}.{name}: {file}: file not found")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.minimum_version = _TLS_VERSIONS[tls.min_version]
@@ -158,8 +157,6 @@ def _ssl_context(tls: TLSServerConfig | None, base: Path, origin: str) -> ssl.SS
         raise ConfigError(f"{where}: min_version/max_version: {exc}") from None
     try:
         context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{where}: cert_file/key_file: {exc.filename}: not found") from None
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"{where}: cannot load cert_file {cert} with key_file {key}: {exc}"
