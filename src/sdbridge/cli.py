@@ -14,18 +14,22 @@ from pathlib import Path
 from . import __version__
 from .config import DEFAULT_MAX_CONFIG_SIZE, ConfigBase, load_config, parse_size
 from .daemon import Daemon
-from .defaults import banner, default_config
+from .defaults import ORIGIN, banner, default_config
 from .discovery.check import check_backends
 from .durations import parse_duration
 from .errors import ConfigError, SdbridgeError
 from .job import Job
 from .logfmt import setup_logging
 from .masking import mask_text
+from .preflight import preflight
 from .registry import api as registry_api
 from .registry import client as registry_client
 from .web.server import DEFAULT_LISTEN_ADDRESS, start_server
 
 log = logging.getLogger("sdbridge")
+
+# The docs ship with the source; no hosted copy exists yet.
+DOCS = "docs"
 
 
 def _log_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -103,13 +107,32 @@ def _parser() -> argparse.ArgumentParser:
 
     _config_size_flag(run)
     check = commands.add_parser("check", parents=[common], help="validate a config file")
-    check.add_argument("config", type=Path)
+    check.add_argument("config", type=Path, nargs="?", help="the config file to check")
     _config_size_flag(check)
     check.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        type=Path,
+        help="also check this web config file (TLS and basic auth), as run would load it",
+    )
+    check.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        help="also check the listen address run would be given",
+    )
+    check.add_argument(
         "--check.connect",
+        "--connect",
         dest="check_connect",
         action="store_true",
-        help="also reach the backends that support it (sql_sd: run the query, check columns)",
+        help="also reach every backend: the mechanisms' own checks (sql_sd: run the query, "
+        "check columns), then one discovery pass per job; nothing is written",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_duration_arg,
+        default=30.0,
+        help="with --check.connect: fail a job that has not synced after this long (default 30s)",
     )
 
     once = commands.add_parser(
@@ -133,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         if args.command == "check":
-            return _check(args.config, args.config_max_size, connect=args.check_connect)
+            return _check(args)
         if args.command == "once":
-            config = load_config(args.config, max_size=args.config_max_size)
+            config = _load_jobs(args.config, args.config_max_size)
             return asyncio.run(_once(config, args.timeout))
         if args.command == "register":
             return asyncio.run(registry_client.run_register(args))
@@ -148,14 +171,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _check(path: Path, max_size: int, *, connect: bool = False) -> int:
+def _load_jobs(path: Path, max_size: int) -> ConfigBase:
+    """Load a config that run and once can use: one with at least one job."""
     config = load_config(path, max_size=max_size)
-    if connect and (failures := asyncio.run(check_backends(config.jobs))):
-        print("sdbridge: " + "\n".join(failures), file=sys.stderr)
-        return 1
-    mechanisms = sum(len(job.mechanism_configs()) for job in config.jobs)
-    print(f"{path}: OK ({len(config.jobs)} job(s), {mechanisms} mechanism(s))")
+    if not config.jobs:
+        raise ConfigError(
+            f"{path}: no jobs; add at least one under jobs: (see {DOCS}/configuration.md)"
+        )
+    return config
+
+
+def _check(args: argparse.Namespace) -> int:
+    path: Path | None = args.config
+    if path is None and args.web_config is None:
+        print(
+            "sdbridge check: give a config file, --web.config.file FILE, or both", file=sys.stderr
+        )
+        return 2
+    max_size = args.config_max_size
+    config = load_config(path, max_size=max_size) if path is not None else default_config()
+    origin = str(path) if path is not None else ORIGIN
+    problems = preflight(
+        config,
+        origin,
+        listen_address=args.listen_address,
+        web_config=args.web_config,
+        max_size=max_size,
+    )
+    if problems:
+        raise ConfigError("\n".join(problems), errors=problems)
+    reached: list[str] = []
+    if args.check_connect and path is not None:
+        failures, reached = asyncio.run(_connect(config, args.timeout))
+        if failures:
+            print("sdbridge: " + mask_text("\n".join(failures)), file=sys.stderr)
+            return 1
+    if path is not None:
+        mechanisms = sum(len(job.mechanism_configs()) for job in config.jobs)
+        print(f"{path}: OK ({len(config.jobs)} job(s), {mechanisms} mechanism(s))")
+        if not config.jobs:
+            print(f"{path}: warning: no jobs; run and once refuse a config without jobs")
+    if args.web_config is not None:
+        print(f"{args.web_config}: OK (web config)")
+    for line in reached:
+        print(line)
     return 0
+
+
+async def _connect(config: ConfigBase, within: float) -> tuple[list[str], list[str]]:
+    """Reach every backend: the mechanisms' own checks, then one discovery pass per job.
+
+    Nothing is written anywhere. Returns the failures and a line per job reached.
+    """
+    failures = await check_backends(config.jobs)
+    reached = []
+    for job_config in config.jobs:
+        try:
+            snapshot = await Job(job_config, config.global_).sync_once(within)
+        except SdbridgeError as exc:
+            failures.append(str(exc))
+            continue
+        reached.append(f"{job_config.name}: reached, {snapshot.target_count} target(s)")
+    return failures, reached
 
 
 async def _once(config: ConfigBase, within: float | None = None) -> int:
@@ -179,7 +256,7 @@ async def _run(args: argparse.Namespace) -> int:
     # No config file: the built-in default (sdbridge's own registry, see defaults.py).
     max_size = args.config_max_size
     path = args.config
-    config = load_config(path, max_size=max_size) if path is not None else default_config()
+    config = _load_jobs(path, max_size) if path is not None else default_config()
     loader = (lambda: load_config(path, max_size=max_size)) if path is not None else None
     daemon = Daemon(config, config_path=path, config_loader=loader)
     address = args.listen_address or config.web.listen_address or DEFAULT_LISTEN_ADDRESS
