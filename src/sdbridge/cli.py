@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
+import os
+import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -82,13 +86,35 @@ def _parser() -> argparse.ArgumentParser:
     _log_flags(common, defaults=False)
 
     parser = argparse.ArgumentParser(
-        prog="sdbridge", description="Bridge any service registry to Prometheus."
+        prog="sdbridge",
+        description="Bridge any service registry to Prometheus: discover targets and "
+        "publish them as file_sd files and http_sd endpoints.",
+        epilog=_epilog(
+            "sdbridge run                      # the built-in registry, no config needed\n"
+            "  sdbridge check sdbridge.yml       # validate a config before running it\n"
+            "  sdbridge run --config.file sdbridge.yml",
+            "quickstart.md",
+        ),
+        formatter_class=_Help,
     )
-    parser.add_argument("--version", action="version", version=f"sdbridge {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"sdbridge {__version__}", help="print the version"
+    )
     _log_flags(parser, defaults=True)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser("run", parents=[common], help="run every job until stopped")
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="run every job until stopped",
+        description="Run every job of the config until SIGINT or SIGTERM; SIGHUP reloads "
+        "the config. Without --config.file, run the built-in registry job.",
+        epilog=_epilog(
+            "sdbridge run --config.file sdbridge.yml --web.listen-address 127.0.0.1:9100",
+            "configuration.md",
+        ),
+        formatter_class=_Help,
+    )
     run.add_argument(
         "--config.file",
         "--config",
@@ -102,12 +128,30 @@ def _parser() -> argparse.ArgumentParser:
         help=f"address to serve http_sd, API, UI and metrics on (default {DEFAULT_LISTEN_ADDRESS})",
     )
     run.add_argument(
-        "--web.config.file", dest="web_config", type=Path, help="TLS and basic auth config"
+        "--web.config.file",
+        dest="web_config",
+        type=Path,
+        help="TLS and basic auth for the web server (exporter-toolkit format, see docs/web.md)",
     )
 
     _config_size_flag(run)
-    check = commands.add_parser("check", parents=[common], help="validate a config file")
-    check.add_argument("config", type=Path, nargs="?", help="the config file to check")
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="validate a config file",
+        description="Check a config file (and a web config file) for everything run "
+        "checks before serving: shape, files it names, exec commands, directories, "
+        "listen address. All problems are reported at once; exit status 1 if any.",
+        epilog=_epilog(
+            "sdbridge check sdbridge.yml --web.config.file web.yml\n"
+            "  sdbridge check sdbridge.yml --connect   # also reach every backend once",
+            "configuration.md",
+        ),
+        formatter_class=_Help,
+    )
+    check.add_argument(
+        "config", type=Path, nargs="?", metavar="CONFIG", help="the config file to check"
+    )
     _config_size_flag(check)
     check.add_argument(
         "--web.config.file",
@@ -136,9 +180,22 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     once = commands.add_parser(
-        "once", parents=[common], help="run one complete discovery pass, write outputs, exit"
+        "once",
+        parents=[common],
+        help="run one complete discovery pass, write outputs, exit",
+        description="Run every job until each of its mechanisms has synced once, write "
+        "the output files, and exit: for cron jobs and CI. Exit status 1 if a job failed.",
+        epilog=_epilog("sdbridge once --config.file sdbridge.yml --timeout 1m", "configuration.md"),
+        formatter_class=_Help,
     )
-    once.add_argument("--config.file", "--config", dest="config", type=Path, required=True)
+    once.add_argument(
+        "--config.file",
+        "--config",
+        dest="config",
+        type=Path,
+        required=True,
+        help="the config file whose jobs to run",
+    )
     _config_size_flag(once)
     once.add_argument(
         "--timeout",
@@ -147,12 +204,30 @@ def _parser() -> argparse.ArgumentParser:
         help="fail a job whose mechanisms have not all synced after this long (default 5m)",
     )
     registry_client.add_parser(commands, [common])
+    commands.choices["register"].formatter_class = _Help
     return parser
+
+
+class _Help(argparse.HelpFormatter):
+    """Wraps descriptions; keeps the epilog's example lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return text
+        return super()._fill_text(text, width, indent)
+
+
+def _epilog(example: str, page: str) -> str:
+    return f"example:\n  {example}\n\ndocs: {DOCS}/{page}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sdbridge`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
     try:
         if args.command == "check":
@@ -260,17 +335,26 @@ async def _run(args: argparse.Namespace) -> int:
     loader = (lambda: load_config(path, max_size=max_size)) if path is not None else None
     daemon = Daemon(config, config_path=path, config_loader=loader)
     address = args.listen_address or config.web.listen_address or DEFAULT_LISTEN_ADDRESS
-    server = await start_server(
-        daemon,
-        address,
-        args.web_config,
-        route_hooks=[registry_api.registry_routes(daemon)],
-        max_config_size=max_size,
-    )
+    try:
+        server = await start_server(
+            daemon,
+            address,
+            args.web_config,
+            route_hooks=[registry_api.registry_routes(daemon)],
+            max_config_size=max_size,
+        )
+    except ConfigError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            raise SdbridgeError(
+                f"cannot listen on {address}: the port is already in use (another sdbridge "
+                "running?); stop it, or listen elsewhere with --web.listen-address HOST:PORT"
+            ) from None
+        raise
     await registry_api.server_listening(server.runner.app, server.url)
     daemon.start()
     if args.config is None:
-        print(banner(config, server.url), flush=True)
+        print(banner(config, server.url, invoked_as()), flush=True)
     log.info(
         "sdbridge %s listening on %s with %d job(s)", __version__, server.url, len(daemon.jobs)
     )
@@ -285,6 +369,19 @@ async def _run(args: argparse.Namespace) -> int:
     await daemon.stop()
     await server.close()
     return 0
+
+
+def invoked_as(argv0: str | None = None) -> str:
+    """How the user started sdbridge, to paste back: ``sdbridge`` or ``.venv/bin/sdbridge``."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if not os.path.isfile(argv0):  # embedded, e.g. python -c; "sdbridge" is the best guess
+        return "sdbridge"
+    name = os.path.basename(argv0)
+    found = shutil.which(name)
+    # A script found on the PATH arrives as its full path; the bare name is what was typed.
+    if found is not None and os.path.samefile(found, argv0):
+        return name
+    return shlex.quote(argv0)
 
 
 _background: set[asyncio.Task[None]] = set()

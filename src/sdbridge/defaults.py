@@ -26,6 +26,8 @@ from typing import Any
 from .config import ConfigBase, parse_config
 
 ORIGIN = "built-in default config"
+# What ``sdbridge register --url`` defaults to.
+DEFAULT_URL = "http://127.0.0.1:9099"
 JOB = "registry"
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -48,15 +50,22 @@ def default_config(base_dir: Path | None = None) -> ConfigBase:
     return parse_config(DEFAULT_CONFIG, origin=ORIGIN, base_dir=base_dir or Path.cwd())
 
 
-def banner(config: ConfigBase, url: str) -> str:
+def banner(config: ConfigBase, url: str, command: str = "sdbridge") -> str:
     """What to tell a newcomer: where the targets are, and a scrape config to paste.
 
-    ``url`` is the web server's base URL, e.g. ``http://127.0.0.1:9099``.
+    ``url`` is the web server's base URL, e.g. ``http://127.0.0.1:9099``; ``command``
+    is how the user started sdbridge (e.g. ``.venv/bin/sdbridge``), so the ``register``
+    line can be pasted as it is.
     """
     scheme, _, address = url.partition("://")
     base = f"{scheme}://{reachable_address(address)}"
     job = config.jobs[0]
     target_file = job.output.file
+    url_flag = "" if base == DEFAULT_URL else f" --url {base}"
+    relabel = """\
+    relabel_configs:
+      - source_labels: [__meta_registry_service]
+        target_label: service"""
     return f"""\
 sdbridge is running its built-in default config (no --config.file given):
   job {job.name!r}: everything registered with sdbridge's registry, sdbridge itself included
@@ -66,15 +75,17 @@ sdbridge is running its built-in default config (no --config.file given):
   data:          {config.global_.data_dir}
 
 Register a target (keeps it registered until you press Ctrl-C):
-  sdbridge register myapp 127.0.0.1:8080 --label env=dev
+  {command} register myapp 127.0.0.1:8080 --label env=dev{url_flag}
 
 Paste ONE of these into prometheus.yml under scrape_configs:
   - job_name: sdbridge-registry          # reads the file sdbridge writes
     file_sd_configs:
       - files: ['{target_file}']
+{relabel}
   - job_name: sdbridge-registry          # or asks sdbridge over HTTP (Prometheus 2.28+)
     http_sd_configs:
       - url: '{base}/sd/{job.name}'
+{relabel}
 """
 
 

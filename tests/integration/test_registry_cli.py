@@ -138,6 +138,9 @@ def test_readme_command_in_a_fresh_copy_shows_a_target_within_seconds(tmp_path: 
         assert str(clone / "targets" / "registry.json") in output
         assert "file_sd_configs:" in output
         assert "url: 'http://127.0.0.1:9099/sd/registry'" in output
+        # Copy-paste correct: the executable as it was run, no --url for the default port.
+        assert "\n  .venv/bin/sdbridge register myapp 127.0.0.1:8080 --label env=dev\n" in output
+        assert "target_label: service" in output
     finally:
         process.stop()
     assert (clone / "data" / "registry.db").exists()
@@ -212,6 +215,29 @@ def test_register_refused_exits_2_with_the_reason(tmp_path: Path) -> None:
         )
         assert result.returncode == 2
         assert "invalid label name 'bad-name'" in result.stderr
+        # Durations come back as the user wrote them, not as 0.1 seconds.
+        result = subprocess.run(
+            [
+                SDBRIDGE,
+                "register",
+                "web",
+                "127.0.0.3:9100",
+                "--ttl",
+                "100ms",
+                f"--url={bridge.url}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "ttl '100ms' is out of bounds: it must lie between 1s and 1d" in result.stderr
+        # The banner's register line carries --url, since the port is not the default.
+        banner_line = (
+            f"  {SDBRIDGE} register myapp 127.0.0.1:8080 --label env=dev --url {bridge.url}"
+        )
+        assert banner_line in bridge.process.log_text().splitlines()
     finally:
         bridge.stop()
 

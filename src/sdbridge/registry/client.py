@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from pydantic import SecretStr
 
+from ..defaults import DEFAULT_URL
 from ..discovery._http import Authorization, HTTPClient, HTTPClientConfig, Response, body_message
 from ..discovery.base import Backoff, wait_event
 from ..durations import parse_duration
@@ -31,7 +32,6 @@ from .api import PREFIX
 
 log = logging.getLogger("sdbridge.register")
 
-DEFAULT_URL = "http://127.0.0.1:9099"
 _TIMEOUT = 10.0
 
 
@@ -47,8 +47,10 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="register an address with a running sdbridge and heartbeat until stopped",
         description="Register ADDRESS as an instance of SERVICE with sdbridge's registry, "
         "renew it every ttl/3, and deregister on SIGINT or SIGTERM.",
+        epilog="example:\n  sdbridge register myapp 127.0.0.1:8080 --label env=dev --ttl 30s"
+        "\n\ndocs: docs/mechanisms/registry.md",
     )
-    parser.add_argument("service", metavar="SERVICE")
+    parser.add_argument("service", metavar="SERVICE", help="the service name, e.g. myapp")
     parser.add_argument("address", metavar="ADDRESS", help="host:port to scrape")
     parser.add_argument("--instance", help="instance id, unique within SERVICE (default: ADDRESS)")
     parser.add_argument(
@@ -92,10 +94,12 @@ class Registration:
         labels: dict[str, str],
         ttl: float,
         token: str | None = None,
+        ttl_text: str | None = None,
     ) -> None:
         self.url = f"{url.rstrip('/')}{PREFIX}/{service}/{instance}"
         self.name = f"{service}/{instance}"
-        self.body = orjson.dumps({"address": address, "labels": labels, "ttl": ttl})
+        # The ttl as the user wrote it ("100ms"), so sdbridge's answers quote it back so.
+        self.body = orjson.dumps({"address": address, "labels": labels, "ttl": ttl_text or ttl})
         self.ttl = ttl
         self.headers = {"Content-Type": "application/json"}
         self.token = token
@@ -194,7 +198,14 @@ async def run_register(args: argparse.Namespace) -> int:
             log.error("cannot read --token-file %s: %s", args.token_file, exc)
             return 2
     registration = Registration(
-        args.url, args.service, args.instance or args.address, args.address, labels, ttl, token
+        args.url,
+        args.service,
+        args.instance or args.address,
+        args.address,
+        labels,
+        ttl,
+        token,
+        ttl_text=args.ttl,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
