@@ -10,6 +10,8 @@ import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .buildinfo import build_labels
+
 _JOB = ("job",)
 _MECHANISM = ("job", "mechanism")
 
@@ -125,3 +127,11 @@ def forget_job(job: str) -> None:
     for gauge in (JOB_TARGETS, JOB_GROUPS, JOB_SYNCED, JOB_STALE, LAST_SUCCESS, GUARD_HOLDING):
         with contextlib.suppress(KeyError):
             gauge.remove(job)
+
+# Which build this is, as Prometheus's own *_build_info: always 1, the labels say it.
+BUILD_INFO = Gauge(
+    "sdbridge_build_info",
+    "A metric with a constant '1' value labeled by version, revision and python_version.",
+    ("version", "revision", "python_version"),
+)
+BUILD_INFO.labels(**build_labels()).set(1)
