@@ -128,6 +128,7 @@ def forget_job(job: str) -> None:
         with contextlib.suppress(KeyError):
             gauge.remove(job)
 
+
 # Which build this is, as Prometheus's own *_build_info: always 1, the labels say it.
 BUILD_INFO = Gauge(
     "sdbridge_build_info",

@@ -654,8 +654,20 @@ class Store:
         metrics.REGISTRY_INSTANCES.set(len(self._instances))
         if gone:
             metrics.REGISTRY_EXPIRED.inc(len(gone))
-            log.info("%d registration(s) expired", len(gone), extra={"count": len(gone)})
+            log.info(
+                "%d registration(s) expired: %s",
+                len(gone),
+                name_some(gone),
+                extra={"count": len(gone)},
+            )
             self._notify(gone)
+
+
+def name_some(keys: set[Key], limit: int = 10) -> str:
+    """``svc/a, svc/b and 3 more``: the first ``limit`` keys, sorted, and how many others."""
+    names = [f"{service}/{instance}" for service, instance in sorted(keys)]
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
 # --- sharing one store per database in the process ----------------------------------------
