@@ -55,6 +55,7 @@ from .model import (
     TargetGroup,
     is_valid_address,
     is_valid_label_name,
+    join_host_port,
     join_list,
     sanitize_label_name,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "describe",
     "is_valid_address",
     "is_valid_label_name",
+    "join_host_port",
     "join_list",
     "read_lines",
     "register",

@@ -31,7 +31,9 @@ HOSTS = [
         "metadata": {"rack": "r1", "owner-team": "sre"},
     },
     {"hostname": "db-1", "address": "127.0.0.2", "port": 9187, "tags": []},
+    {"hostname": "v6", "address": "::1", "port": 9100},  # bracketed by join_host_port
     {"hostname": "bad", "address": "127.0.0.3"},  # no port: skipped, reported
+    {"hostname": "bad-port", "address": "127.0.0.3", "port": "http"},  # ValueError: skipped too
 ]
 
 
@@ -138,12 +140,17 @@ jobs:
             "labels": {"__meta_inventory_hostname": "db-1", "__meta_inventory_tags": ",,"},
             "targets": ["127.0.0.2:9187"],
         },
+        {
+            "labels": {"__meta_inventory_hostname": "v6", "__meta_inventory_tags": ",,"},
+            "targets": ["[::1]:9100"],
+        },
     ]
     assert json.loads((tmp_path / "script.json").read_text()) == [
         {"labels": {}, "targets": ["127.0.0.9:1"]}
     ]
     # The bad record was reported, not fatal.
-    assert "skipping invalid backend object host" in result.stderr
+    assert "skipping invalid backend object host {'hostname': 'bad'," in result.stderr
+    assert "skipping invalid backend object host {'hostname': 'bad-port'," in result.stderr
     # The broken plugin was logged and skipped; the other jobs ran.
     assert "skipping discovery plugin 'sdbridge_broken' that failed to load" in result.stderr
     assert "sdbridge_broken is broken on purpose" in result.stderr

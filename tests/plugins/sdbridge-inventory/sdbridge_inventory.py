@@ -22,6 +22,7 @@ from sdbridge.sdk import (
     RefreshConfig,
     RefreshDiscoverer,
     TargetGroup,
+    join_host_port,
     join_list,
     register,
     sanitize_label_name,
@@ -33,6 +34,12 @@ LABEL_HOSTNAME = META + "hostname"  # the host's name in the inventory
 LABEL_DATACENTER = META + "datacenter"  # its datacenter
 LABEL_TAGS = META + "tags"  # its tags, joined as ,a,b,
 LABEL_METADATA = META + "metadata_"  # one label per metadata key (sanitized)
+
+
+# Everything a malformed record can raise in host_group: a missing key (KeyError), a
+# wrong type (TypeError, AttributeError), a port that is no number (ValueError) or too
+# big a number (OverflowError), an invalid label or address (InvalidTargetError).
+BAD_RECORD = (InvalidTargetError, LookupError, TypeError, AttributeError, ValueError, OverflowError)
 
 
 class InventorySDConfig(RefreshConfig):
@@ -64,7 +71,7 @@ class InventoryDiscoverer(RefreshDiscoverer[InventorySDConfig]):
         for host in hosts:
             try:
                 groups.append(host_group(host))
-            except (InvalidTargetError, KeyError, TypeError) as exc:
+            except BAD_RECORD as exc:
                 # One bad record is skipped and reported; the rest are still good.
                 self.context.record_invalid(f"host {host!r}", exc)
         return groups
@@ -79,7 +86,8 @@ def host_group(host: dict[str, Any]) -> TargetGroup:
     }
     for key, value in host.get("metadata", {}).items():
         labels[LABEL_METADATA + sanitize_label_name(key)] = str(value)
-    address = f"{host['address']}:{int(host['port'])}"
+    # join_host_port brackets an IPv6 address: [::1]:9100, as Prometheus writes it.
+    address = join_host_port(str(host["address"]), int(host["port"]))
     return TargetGroup(
         source=str(host["hostname"]), targets=({"__address__": address},), labels=labels
     )
