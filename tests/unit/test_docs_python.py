@@ -38,10 +38,19 @@ _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 MODULE_NAMES = {"writing-a-mechanism.md": "sdbridge_inventory"}
 
 
-def python_blocks(page: Path) -> list[tuple[int, str]]:
-    """The page's ```python blocks with the line each starts on."""
+def python_blocks(page: Path, *, standalone: bool = False) -> list[tuple[int, str]]:
+    """The page's ```python blocks with the line each starts on.
+
+    A block marked ``<!-- standalone -->`` on the line before is a variant, not a next
+    step: it is left out, or (``standalone=True``) it is all that is returned.
+    """
     text = page.read_text(encoding="utf-8")
-    return [(text.count("\n", 0, m.start()) + 2, m.group(1)) for m in _BLOCK.finditer(text)]
+    found = []
+    for match in _BLOCK.finditer(text):
+        marked = text[: match.start()].rstrip().endswith("<!-- standalone -->")
+        if marked == standalone:
+            found.append((text.count("\n", 0, match.start()) + 2, match.group(1)))
+    return found
 
 
 PAGES = sorted(p for p in DOCS.rglob("*.md") if python_blocks(p))
@@ -144,6 +153,9 @@ def run_page(page: Path, namespace: dict[str, Any]) -> types.ModuleType:
     sys.modules[name] = module
     for line, code in python_blocks(page):
         exec(compile(code, f"{page}:{line}", "exec"), module.__dict__)
+    # Each variant runs on its own, in a copy of what the page defined before it.
+    for line, code in python_blocks(page, standalone=True):
+        exec(compile(code, f"{page}:{line}", "exec"), dict(module.__dict__))
     return module
 
 
