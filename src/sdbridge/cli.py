@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import shlex
@@ -14,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import DEFAULT_MAX_CONFIG_SIZE, ConfigBase, load_config, parse_size
@@ -103,17 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     _log_flags(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser(
+    command = functools.partial(_command, commands, common)
+    run = command(
         "run",
-        parents=[common],
-        help="run every job until stopped",
-        description="Run every job of the config until SIGINT or SIGTERM; SIGHUP reloads "
-        "the config. Without --config.file, run the built-in registry job.",
-        epilog=_epilog(
-            "sdbridge run --config.file sdbridge.yml --web.listen-address 127.0.0.1:9100",
-            "configuration.md",
-        ),
-        formatter_class=_Help,
+        "run every job until stopped",
+        "Run every job of the config until SIGINT or SIGTERM; SIGHUP reloads the config. "
+        "Without --config.file, run the built-in registry job.",
+        "sdbridge run --config.file sdbridge.yml --web.listen-address 127.0.0.1:9100",
     )
     run.add_argument(
         "--config.file",
@@ -135,19 +133,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _config_size_flag(run)
-    check = commands.add_parser(
+    check = command(
         "check",
-        parents=[common],
-        help="validate a config file",
-        description="Check a config file (and a web config file) for everything run "
-        "checks before serving: shape, files it names, exec commands, directories, "
-        "listen address. All problems are reported at once; exit status 1 if any.",
-        epilog=_epilog(
-            "sdbridge check sdbridge.yml --web.config.file web.yml\n"
-            "  sdbridge check sdbridge.yml --connect   # also reach every backend once",
-            "configuration.md",
-        ),
-        formatter_class=_Help,
+        "validate a config file",
+        "Check a config file (and a web config file) for everything run checks before "
+        "serving: shape, files it names, exec commands, directories, listen address. All "
+        "problems are reported at once; exit status 1 if any.",
+        "sdbridge check sdbridge.yml --web.config.file web.yml\n"
+        "  sdbridge check sdbridge.yml --connect   # also reach every backend once",
     )
     check.add_argument(
         "config", type=Path, nargs="?", metavar="CONFIG", help="the config file to check"
@@ -179,14 +172,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --check.connect: fail a job that has not synced after this long (default 30s)",
     )
 
-    once = commands.add_parser(
+    once = command(
         "once",
-        parents=[common],
-        help="run one complete discovery pass, write outputs, exit",
-        description="Run every job until each of its mechanisms has synced once, write "
-        "the output files, and exit: for cron jobs and CI. Exit status 1 if a job failed.",
-        epilog=_epilog("sdbridge once --config.file sdbridge.yml --timeout 1m", "configuration.md"),
-        formatter_class=_Help,
+        "run one complete discovery pass, write outputs, exit",
+        "Run every job until each of its mechanisms has synced once, write the output "
+        "files, and exit: for cron jobs and CI. Exit status 1 if a job failed.",
+        "sdbridge once --config.file sdbridge.yml --timeout 1m",
     )
     once.add_argument(
         "--config.file",
@@ -215,6 +206,26 @@ class _Help(argparse.HelpFormatter):
         if text.startswith("example:"):
             return text
         return super()._fill_text(text, width, indent)
+
+
+def _command(
+    commands: Any,
+    common: argparse.ArgumentParser,
+    name: str,
+    summary: str,
+    description: str,
+    example: str,
+    page: str = "configuration.md",
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        parents=[common],
+        help=summary,
+        description=description,
+        epilog=_epilog(example, page),
+        formatter_class=_Help,
+    )
+    return parser
 
 
 def _epilog(example: str, page: str) -> str:

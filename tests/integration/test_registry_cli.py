@@ -197,40 +197,22 @@ def test_register_heartbeats_then_deregisters(tmp_path: Path) -> None:
 
 def test_register_refused_exits_2_with_the_reason(tmp_path: Path) -> None:
     bridge = DefaultBridge(tmp_path)
-    try:
-        result = subprocess.run(
-            [
-                SDBRIDGE,
-                "register",
-                "web",
-                "127.0.0.3:9100",
-                "--label",
-                "bad-name=x",
-                f"--url={bridge.url}",
-            ],
+
+    def register(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SDBRIDGE, "register", "web", "127.0.0.3:9100", *args, f"--url={bridge.url}"],
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
         )
+
+    try:
+        result = register("--label", "bad-name=x")
         assert result.returncode == 2
         assert "invalid label name 'bad-name'" in result.stderr
         # Durations come back as the user wrote them, not as 0.1 seconds.
-        result = subprocess.run(
-            [
-                SDBRIDGE,
-                "register",
-                "web",
-                "127.0.0.3:9100",
-                "--ttl",
-                "100ms",
-                f"--url={bridge.url}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = register("--ttl", "100ms")
         assert result.returncode == 2
         assert "ttl '100ms' is out of bounds: it must lie between 1s and 1d" in result.stderr
         # The banner's register line carries --url, since the port is not the default.
