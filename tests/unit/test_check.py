@@ -34,8 +34,6 @@ def test_check_refuses_what_run_would_stop_at_all_at_once(
         """\
         registry:
           write_token_file: missing.token
-        web:
-          listen_address: "localhost"
         global:
           data_dir: blocker/data
         jobs:
@@ -51,7 +49,7 @@ def test_check_refuses_what_run_would_stop_at_all_at_once(
             output: {file: out/b.json}
         """,
     )
-    status, out, err = check(capsys, str(config))
+    status, out, err = check(capsys, str(config), "--web.listen-address", "localhost")
     assert status == 1
     assert out == ""
     lines = err.splitlines()
@@ -70,7 +68,7 @@ def test_check_refuses_what_run_would_stop_at_all_at_once(
             f"{tmp_path}/nowhere/list.sh: no such program",
             f"{config}: jobs[0].exec_sd_configs[2].working_dir: {tmp_path}/nowhere: "
             "no such directory",
-            f"{config}: web.listen_address: 'localhost' is not host:port (e.g. 127.0.0.1:9099)",
+            "--web.listen-address: 'localhost' is not host:port (e.g. 127.0.0.1:9099)",
         ]
     )
     # Nothing was created by checking: run creates directories, check only looks.
