@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         "serving: shape, files it names, exec commands, directories, listen address. All "
         "problems are reported at once; exit status 1 if any.",
         "sdbridge check sdbridge.yml --web.config.file web.yml\n"
-        "  sdbridge check sdbridge.yml --connect   # also reach every backend once",
+        "  sdbridge check sdbridge.yml --check.connect   # also reach every backend",
     )
     check.add_argument(
         "config", type=Path, nargs="?", metavar="CONFIG", help="the config file to check"

@@ -5,7 +5,7 @@ is missing, an exec command that is not executable, an output directory that can
 created, a listen address that does not parse. :func:`preflight` finds all of those at
 once, without touching the network and without creating anything, so ``check`` passes
 exactly the configs ``run`` starts with. Reaching the backends is the opt-in
-``check --connect``.
+``check --check.connect``.
 """
 
 from __future__ import annotations
