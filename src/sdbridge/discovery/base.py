@@ -93,7 +93,10 @@ class MechanismStatus:
 
     ``last_success``: the last accepted update or "watch current" event (the view was
     known current then). ``last_current``: the last "watch current" event alone.
-    ``refreshes`` counts accepted updates and failures.
+    ``refreshes`` counts accepted updates and failures. ``healthy_since``: when the
+    current run of health began (None while failing or before the first sync).
+    ``watches``: the mechanism follows a watch rather than polling, so a quiet backend
+    leaves ``last_success`` old while the view is current ("watching since ...").
     """
 
     synced: bool = False
@@ -103,6 +106,8 @@ class MechanismStatus:
     refreshes: int = 0
     failures: int = 0
     last_current: float | None = None
+    healthy_since: float | None = None
+    watches: bool = False
 
 
 @dataclass
@@ -179,6 +184,8 @@ class DiscoveryContext:
         status.last_success = now
         status.last_error = None
         status.failing_since = None
+        if status.healthy_since is None:
+            status.healthy_since = now
         self._up.set(1)
 
     def record_failure(self, error: BaseException, duration: float | None = None) -> None:
@@ -193,6 +200,7 @@ class DiscoveryContext:
             )
         if status.failing_since is None:
             status.failing_since = time.time()
+        status.healthy_since = None
         status.last_error = message
         status.refreshes += 1
         status.failures += 1
@@ -338,3 +346,15 @@ class RefreshDiscoverer(BaseDiscoverer[RC]):
 
     async def _sleep(self, delay: float) -> None:
         await wait_event(self._wakeup, delay)
+
+
+def is_watch(discoverer: object) -> bool:
+    """Whether a discoverer follows a watch (its own ``run``) rather than polling.
+
+    A ``RefreshDiscoverer`` polls; so does a watch mechanism configured ``watch: false``.
+    """
+    config = getattr(discoverer, "config", None)
+    return (
+        not isinstance(discoverer, RefreshDiscoverer)
+        and getattr(config, "watch", True) is not False
+    )

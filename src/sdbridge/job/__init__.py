@@ -29,7 +29,7 @@ from .. import metrics
 from ..asyncutil import Backoff
 from ..config import GlobalConfig, JobConfigBase
 from ..discovery import mechanisms
-from ..discovery.base import Discoverer, DiscoveryContext, MechanismConfig
+from ..discovery.base import Discoverer, DiscoveryContext, MechanismConfig, is_watch
 from ..errors import DiscoveryError, InvalidTargetError
 from ..guard import Guard
 from ..model import TargetGroup
@@ -87,6 +87,7 @@ class MechanismRunner:
         except Exception as exc:
             # A plugin whose constructor fails: its job runs on, this mechanism reports.
             self.discoverer = _Failing(exc)
+        self.context.status.watches = is_watch(self.discoverer)
 
     @property
     def label(self) -> str:

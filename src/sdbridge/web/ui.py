@@ -35,6 +35,27 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _watching(mechanisms: list[dict[str, Any]]) -> float | None:
+    """When every mechanism is a healthy watch: since when all have been; else None.
+
+    An idle watch is current, not stalled: its last update may be hours old.
+    """
+    since: list[float | None] = [m.get("healthy_since") for m in mechanisms]
+    healthy = all(m.get("watches") and not m["last_error"] and m["synced"] for m in mechanisms)
+    if not mechanisms or not healthy or None in since:
+        return None
+    return max(t for t in since if t is not None)
+
+
+def _last_sync(mechanisms: list[dict[str, Any]], last_sync: float | None, now: float) -> str:
+    """``watching since ...`` for healthy watches, else how long ago the last sync was."""
+    since = _watching(mechanisms)
+    if since is None:
+        return _ago(last_sync, now)
+    iso = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+    return f'watching since <time datetime="{_e(iso)}" title="{_e(iso)}">{_e(iso)}</time>'
+
+
 def _ago(timestamp: float | None, now: float) -> str:
     if not timestamp:
         return '<span class="muted">never</span>'
@@ -115,7 +136,7 @@ async def index(request: web.Request) -> web.Response:
             f"<td>{_badge(s['state'])}</td>"
             f'<td class="num">{s["targets"]:,}</td>'
             f"<td>{mechanisms}</td>"
-            f"<td>{_ago(s['last_sync'], now)}</td>"
+            f"<td>{_last_sync(s['mechanisms'], s['last_sync'], now)}</td>"
             f'<td class="errors">{f"<ul>{errors}</ul>" if errors else ""}</td>'
             "</tr>"
         )
@@ -139,7 +160,7 @@ def _mechanisms_table(summary: dict[str, Any], now: float) -> str:
             "<tr>"
             f"<td>{_e(m['name'])}_sd_configs[{m['index']}]</td>"
             f"<td>{_badge(state)}</td>"
-            f"<td>{_ago(m['last_success'], now)}</td>"
+            f"<td>{_last_sync([m], m['last_success'], now)}</td>"
             f'<td class="num">{m["refreshes"]:,}</td>'
             f'<td class="num">{m["failures"]:,}</td>'
             f'<td class="errors">{_e(m["last_error"] or "")}</td>'
@@ -282,7 +303,7 @@ async def job_page(request: web.Request) -> web.Response:
         '<dl class="facts">'
         f"<div><dt>State</dt><dd>{_badge(s['state'])}</dd></div>"
         f'<div><dt>Targets</dt><dd id="target-total">{s["targets"]:,}</dd></div>'
-        f"<div><dt>Last sync</dt><dd>{_ago(s['last_sync'], now)}</dd></div>"
+        f"<div><dt>Last sync</dt><dd>{_last_sync(s['mechanisms'], s['last_sync'], now)}</dd></div>"
         f"<div><dt>Last publish</dt><dd>{_ago(s['last_publish'], now)}</dd></div>"
         f'<div><dt>http_sd</dt><dd><a href="/sd/{quote(name)}"><code>/sd/{_e(name)}</code></a>'
         f"</dd></div>{outputs}</dl>"
