@@ -28,8 +28,8 @@ from .job import Job
 from .logfmt import setup_logging
 from .masking import mask_text
 from .preflight import preflight
-from .registry import api as registry_api
 from .registry import client as registry_client
+from .web import registry_api
 from .web.server import DEFAULT_LISTEN_ADDRESS, start_server
 
 log = logging.getLogger("sdbridge")
@@ -377,8 +377,8 @@ async def _run(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload_in_background(daemon))
     await stop.wait()
     log.info("shutting down")
+    await server.close()  # first: it deregisters sdbridge itself from the daemon's store
     await daemon.stop()
-    await server.close()
     return 0
 
 

@@ -20,6 +20,7 @@ from .config import ConfigBase, GlobalConfig, JobConfigBase, load_config
 from .errors import ConfigError
 from .job import Job
 from .masking import mask_text
+from .registry.store import StoreHandle
 
 log = logging.getLogger("sdbridge.daemon")
 
@@ -40,10 +41,11 @@ class Daemon:
         self.jobs: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.last_reload_error: str | None = None
-        self.last_reload_error_time: float | None = None
         self.last_reload: float | None = None
         self._reload_lock = asyncio.Lock()
         self.on_jobs_changed: list[Callable[[Daemon], Any]] = []
+        # The built-in registry's store, shared by its API and registry_sd_configs jobs.
+        self.registry_store = StoreHandle()
 
     def _require_path(self) -> Path:
         if self.config_path is None:
@@ -63,10 +65,14 @@ class Daemon:
         metrics.CONFIG_RELOAD_TIMESTAMP.set(time.time())
         self.last_reload = time.time()
 
-    @staticmethod
-    def _new_job(job_config: JobConfigBase, global_config: GlobalConfig) -> Job:
+    def _new_job(self, job_config: JobConfigBase, global_config: GlobalConfig) -> Job:
         # Daemon jobs keep their last-known-good state in <data_dir>/state.
-        return Job(job_config, global_config, state_dir=global_config.data_dir / "state")
+        return Job(
+            job_config,
+            global_config,
+            state_dir=global_config.data_dir / "state",
+            registry_store=self.registry_store,
+        )
 
     def _start_job(self, job: Job) -> None:
         self.jobs[job.name] = job
@@ -100,7 +106,6 @@ class Daemon:
             except Exception as exc:
                 self._reload_failed(exc, "config reload failed while applying the new config")
             self.last_reload_error = None
-            self.last_reload_error_time = None
             self.last_reload = time.time()
             metrics.CONFIG_RELOAD_SUCCESS.set(1)
             metrics.CONFIG_RELOAD_TIMESTAMP.set(self.last_reload)
@@ -119,7 +124,6 @@ class Daemon:
         metrics.CONFIG_RELOAD_SUCCESS.set(0)
         metrics.CONFIG_RELOADS.labels(result="failure").inc()
         self.last_reload_error = mask_text(str(error))
-        self.last_reload_error_time = time.time()
         # An unexpected exception is a bug: its traceback goes to the log (masked there).
         log.error("%s: %s", what, error, exc_info=None if error is exc else exc)
         if error is exc:
@@ -152,9 +156,10 @@ class Daemon:
         return kept, restarted, removed, len(wanted) - kept - restarted
 
     async def stop(self) -> None:
-        """Stop every job; in-flight file writes finish first."""
+        """Stop every job (in-flight file writes finish first), then close the registry store."""
         for name in list(self.jobs):
             await self._stop_job(name)
+        await self.registry_store.close()
 
 
 def partial_log_crash(name: str) -> Callable[[asyncio.Task[None]], None]:

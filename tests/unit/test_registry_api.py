@@ -22,15 +22,15 @@ from sdbridge.config import parse_config
 from sdbridge.daemon import Daemon
 from sdbridge.errors import ConfigError
 from sdbridge.model import TargetGroup
-from sdbridge.registry.api import (
+from sdbridge.registry.config import RegistryConfig
+from sdbridge.registry.store import RegistrationError, db_path
+from sdbridge.web.app import create_app
+from sdbridge.web.registry_api import (
     MAX_BODY_BYTES,
     parse_registration,
     registry_routes,
     server_listening,
 )
-from sdbridge.registry.config import RegistryConfig
-from sdbridge.registry.store import RegistrationError, db_path
-from sdbridge.web.app import create_app
 from sdbridge.web.server import start_server
 from tests.servers.tls import write_web_config
 from tests.unit.test_registry_store import eventually
@@ -63,6 +63,7 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     app = create_app(daemon, route_hooks=[registry_routes(daemon)])
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
+    await daemon.stop()  # the daemon owns the registry store
 
 
 @pytest.fixture
@@ -72,6 +73,7 @@ async def token_client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     app = create_app(daemon, route_hooks=[registry_routes(daemon)])
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
+    await daemon.stop()  # the daemon owns the registry store
 
 
 async def put(
@@ -298,6 +300,7 @@ async def test_token_writes_skip_basic_auth_but_reads_need_it(tmp_path: Path) ->
                 assert response.status == 401  # writes need the token, not the password
     finally:
         await server.close()
+        await daemon.stop()
 
 
 async def test_registration_reaches_http_sd(tmp_path: Path) -> None:
@@ -335,8 +338,8 @@ async def test_registration_reaches_http_sd(tmp_path: Path) -> None:
             }
             await eventually(lambda: has_group(expected), "the registration in /sd/registry")
     finally:
+        await server.close()  # first, as `sdbridge run` does: it deregisters sdbridge itself
         await daemon.stop()
-        await server.close()
     # sdbridge deregisters itself when it stops; the other registration stays.
     with sqlite3.connect(db_path(tmp_path / "data")) as db:
         assert db.execute("SELECT service, instance FROM instances").fetchall() == [("node", "n1")]
@@ -358,6 +361,7 @@ async def test_a_reloaded_config_applies_to_the_next_request(tmp_path: Path) -> 
         assert response.status == 400
         assert (await response.json())["field"] == "ttl"
         assert [i["instance"] for i in await listing(client)] == ["a"]
+    await daemon.stop()
 
 
 def encode(value: object) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 import sqlite3
@@ -28,15 +29,13 @@ from sdbridge.model import TargetGroup, is_valid_label_name
 from sdbridge.registry.store import (
     RegistrationError,
     Store,
-    acquire_store,
+    StoreHandle,
     check_address,
     check_instance,
     check_labels,
     check_service,
     check_ttl,
     db_path,
-    release_store,
-    shared_store,
 )
 
 
@@ -151,16 +150,34 @@ async def test_unopenable_database_is_a_backend_error(tmp_path: Path) -> None:
         await Store.open(path)
 
 
-async def test_shared_store_is_shared_and_closed_by_last_user(tmp_path: Path) -> None:
-    path = db_path(tmp_path)
-    one, two = await asyncio.gather(acquire_store(path), acquire_store(path))
+async def test_store_handle_opens_once_follows_data_dir_and_closes(tmp_path: Path) -> None:
+    handle = StoreHandle()
+    one, two = await asyncio.gather(handle.get(tmp_path / "a"), handle.get(tmp_path / "a"))
     assert one is two
-    await release_store(one)
-    await one.put("web", "a", "127.0.0.1:80", {}, 60)  # still open for the other user
-    await release_store(two)
-    async with shared_store(path) as three:
-        assert three is not one
-        assert three.get(("web", "a")) is not None
+    assert handle.current is one
+    await one.put("web", "a", "127.0.0.1:80", {}, 60)
+    moved = await handle.get(tmp_path / "b")  # data_dir changed on reload: the old one closes
+    assert moved is not one
+    assert moved.get(("web", "a")) is None
+    with pytest.raises(BackendError):
+        await one.put("web", "b", "127.0.0.1:81", {}, 60)
+    await handle.close()
+    assert handle.current is None
+    again = await handle.get(tmp_path / "a")
+    try:
+        assert again.get(("web", "a")) is not None
+    finally:
+        await handle.close()
+
+
+@contextlib.asynccontextmanager
+async def shared(data_dir: Path) -> AsyncIterator[tuple[StoreHandle, Store]]:
+    """A store handle as the daemon holds one, with its store open in ``data_dir``."""
+    handle = StoreHandle()
+    try:
+        yield handle, await handle.get(data_dir)
+    finally:
+        await handle.close()
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -261,23 +278,25 @@ def test_instance_ids_may_be_addresses() -> None:
 
 
 async def run_mechanism(
-    data_dir: Path, config: RegistrySDConfig
+    data_dir: Path, config: RegistrySDConfig, handle: StoreHandle
 ) -> tuple[asyncio.Task[None], asyncio.Queue[list[TargetGroup]]]:
     sent: asyncio.Queue[list[TargetGroup]] = asyncio.Queue()
 
     async def send(groups: list[TargetGroup]) -> None:
         await sent.put(groups)
 
-    context = DiscoveryContext(job="j", mechanism="registry", data_dir=data_dir)
+    context = DiscoveryContext(
+        job="j", mechanism="registry", data_dir=data_dir, registry_store=handle
+    )
     task = asyncio.create_task(RegistryDiscoverer(config, context).run(send))
     return task, sent
 
 
 async def test_mechanism_sends_full_set_then_changed_sources(tmp_path: Path) -> None:
-    async with shared_store(db_path(tmp_path)) as store:
+    async with shared(tmp_path) as (handle, store):
         await store.put("web", "a", "127.0.0.1:80", {"env": "dev"}, 60)
         await store.put("db", "x", "127.0.0.9:5432", {}, 60)
-        task, sent = await run_mechanism(tmp_path, RegistrySDConfig(services=["web"]))
+        task, sent = await run_mechanism(tmp_path, RegistrySDConfig(services=["web"]), handle)
         try:
             first = await asyncio.wait_for(sent.get(), 5)
             assert first == [
@@ -302,8 +321,8 @@ async def test_mechanism_sends_full_set_then_changed_sources(tmp_path: Path) -> 
 
 
 async def test_mechanism_batches_a_burst(tmp_path: Path) -> None:
-    async with shared_store(db_path(tmp_path)) as store:
-        task, sent = await run_mechanism(tmp_path, RegistrySDConfig())
+    async with shared(tmp_path) as (handle, store):
+        task, sent = await run_mechanism(tmp_path, RegistrySDConfig(), handle)
         try:
             assert await asyncio.wait_for(sent.get(), 5) == []
             await asyncio.gather(
@@ -397,3 +416,23 @@ async def test_unusable_data_dir_fails_the_mechanism_and_publishes_nothing(tmp_p
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_the_registry_package_imports_no_mechanism_daemon_or_web() -> None:
+    # DESIGN.md "Layers": the registry's stores and client sit below the web and the daemon.
+    import ast
+
+    import sdbridge.registry
+
+    package = Path(sdbridge.registry.__file__).parent
+    upward = ("discovery", "web", "daemon", "job", "cli")
+    found = []
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level >= 2
+                and (node.module or "").split(".")[0] in upward
+            ):
+                found.append(f"{module.name}: {node.module}")
+    assert found == []

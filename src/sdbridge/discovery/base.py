@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, Self, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -33,6 +33,9 @@ from ..asyncutil import Backoff, wait_event
 from ..durations import Duration
 from ..errors import SdbridgeError, describe
 from ..model import TargetGroup
+
+if TYPE_CHECKING:
+    from ..registry.store import StoreHandle
 
 Send = Callable[[list[TargetGroup]], Awaitable[None]]
 """What a discoverer calls with its updates."""
@@ -131,6 +134,8 @@ class DiscoveryContext:
     status: MechanismStatus = field(default_factory=MechanismStatus)
     # Called after every recorded failure (the job's ``sync_once`` waits on it).
     on_failure: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    # The daemon's registry store, for ``registry_sd_configs`` (None: open its own).
+    registry_store: StoreHandle | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.logger = logging.LoggerAdapter(

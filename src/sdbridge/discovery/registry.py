@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 
 from ..errors import InvalidTargetError
 from ..model import ADDRESS_LABEL, TargetGroup
-from ..registry.store import Instance, Key, check_service, db_path, shared_store
+from ..registry.store import Instance, Key, StoreHandle, check_service
 from . import register
 from .base import BaseDiscoverer, MechanismConfig, Send
 
@@ -87,7 +87,13 @@ class RegistryDiscoverer(BaseDiscoverer[RegistrySDConfig]):
             if pending:
                 changed.set()
 
-        async with shared_store(db_path(data_dir)) as store:
+        # The daemon's store (shared with the API); `sdbridge once` opens its own.
+        handle = self.context.registry_store
+        own = handle is None
+        if handle is None:
+            handle = StoreHandle()
+        try:
+            store = await handle.get(data_dir)
             # Subscribe before reading: nothing can change in between (same event loop),
             # and nothing after the read is missed.
             with store.subscribe(on_change):
@@ -113,6 +119,9 @@ class RegistryDiscoverer(BaseDiscoverer[RegistrySDConfig]):
                                 self._group(current) or TargetGroup(source=source_of(key))
                             )
                     await send(groups)
+        finally:
+            if own:
+                await asyncio.shield(handle.close())
 
     def _group(self, instance: Instance) -> TargetGroup | None:
         # Rows are validated when registered; a database edited by hand may still hold junk.

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..asyncutil import Backoff
@@ -42,6 +42,9 @@ from ..workers import run_publish_work, settle
 from .publisher import Clock, Publisher
 from .status import JobStatus, MechanismState, OutputState
 from .store import Discovered, Origin, RenderedGroups, TargetStore
+
+if TYPE_CHECKING:
+    from ..registry.store import StoreHandle
 
 __all__ = [
     "Backoff",
@@ -66,13 +69,23 @@ class MechanismRunner:
     """One ``<name>_sd_configs`` entry of a job: its config, context and discoverer."""
 
     def __init__(
-        self, job: str, index: int, name: str, config: MechanismConfig, global_config: GlobalConfig
+        self,
+        job: str,
+        index: int,
+        name: str,
+        config: MechanismConfig,
+        global_config: GlobalConfig,
+        registry_store: StoreHandle | None = None,
     ) -> None:
         self.name = name
         self.index = index
         self.config = config
         self.context = DiscoveryContext(
-            job=job, mechanism=name, index=index, data_dir=global_config.data_dir
+            job=job,
+            mechanism=name,
+            index=index,
+            data_dir=global_config.data_dir,
+            registry_store=registry_store,
         )
         # Set by the job when it has merged this mechanism's first full set.
         self.received = False
@@ -111,12 +124,13 @@ class Job:
         extra_outputs: Sequence[Output] = (),
         state_dir: Path | None = None,
         clock: Clock | None = None,
+        registry_store: StoreHandle | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.global_config = global_config
         self.runners = [
-            MechanismRunner(config.name, index, name, mech_config, global_config)
+            MechanismRunner(config.name, index, name, mech_config, global_config, registry_store)
             for index, (name, mech_config) in enumerate(config.mechanism_configs())
         ]
         self._progress = asyncio.Event()  # a mechanism failed: sync_once re-checks

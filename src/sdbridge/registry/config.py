@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..durations import Duration
 
+API_PREFIX = "/api/v1/registry"
+"""Where sdbridge's web server serves the registry API (shared by the API and its client)."""
+
 
 class RegistryConfig(BaseModel):
     """The ``registry:`` section of the config file."""

@@ -14,8 +14,9 @@ deregistration, an expiry. A heartbeat, or a re-registration with the same addre
 labels, only moves the expiry and notifies nobody, so a busy fleet does not cause
 publishes.
 
-A store is shared by everything in the process that uses the same database file
-(:func:`shared_store`), and an exclusive lock file keeps a second process off it.
+One store serves the whole process: its owner (the daemon) holds a :class:`StoreHandle`
+and passes it to the API and the mechanism; an exclusive lock file keeps a second
+process off the database.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -663,6 +664,7 @@ class Store:
             self._notify(gone)
 
 
+<<<<<<< HEAD
 def name_some(keys: set[Key], limit: int = 10) -> str:
     """``svc/a, svc/b and 3 more``: the first ``limit`` keys, sorted, and how many others."""
     names = [f"{service}/{instance}" for service, instance in sorted(keys)]
@@ -681,56 +683,51 @@ class _Shared:
 
 _shared: dict[Path, _Shared] = {}
 _opening: dict[Path, asyncio.Task[Store]] = {}
+=======
+# --- one store per process, handed out by its owner ---------------------------------------
+>>>>>>> 52dd5b7 (registry: the daemon owns the one registry store and passes it to the API and registry_sd; the API moves to web/registry_api.py; Backoff/wait_event move to asyncutil.py so the registry package imports nothing above it; drop unused last_reload_error_time)
 
 
 def db_path(data_dir: Path) -> Path:
     """The registry database file in ``data_dir``."""
-    return _absolute(data_dir / DB_FILE)
+    return Path(os.path.abspath(data_dir / DB_FILE))  # no filesystem access, unlike resolve()
 
 
-def _absolute(path: Path) -> Path:
-    # No filesystem access (unlike resolve()): just the cwd, for a stable key.
-    return Path(os.path.abspath(path))
+class StoreHandle:
+    """The process's registry store, opened on first use in the ``data_dir`` asked for.
 
+    The daemon creates one and passes it to the registry API and to the
+    ``registry_sd_configs`` mechanism, so both work on the same store (SQLite has one
+    writer; the lock file keeps other processes off). When ``data_dir`` changes on a
+    reload, the next :meth:`get` closes the old store and opens the new one.
+    """
 
-async def acquire_store(path: Path) -> Store:
-    """The process's store for ``path``, opened on first use; pair with :func:`release_store`."""
-    path = _absolute(path)
-    while True:
-        shared = _shared.get(path)
-        if shared is not None:
-            shared.users += 1
-            return shared.store
-        opening = _opening.get(path)
-        if opening is None:
-            opening = asyncio.create_task(Store.open(path))
-            _opening[path] = opening
-            try:
-                store = await asyncio.shield(opening)
-            finally:
-                _opening.pop(path, None)
-            _shared[path] = _Shared(store, 0)
-        else:
-            await asyncio.shield(opening)
+    def __init__(self) -> None:
+        self._store: Store | None = None
+        self._lock = asyncio.Lock()
 
+    @property
+    def current(self) -> Store | None:
+        """The open store, if any."""
+        return self._store
 
-async def release_store(store: Store) -> None:
-    """Give back a store from :func:`acquire_store`; the last user closes it."""
-    shared = _shared.get(store.path)
-    if shared is None or shared.store is not store:
-        await store.close()
-        return
-    shared.users -= 1
-    if shared.users <= 0:
-        del _shared[store.path]
-        await store.close()
+    async def get(self, data_dir: Path) -> Store:
+        """The store in ``data_dir``; raise BackendError if it cannot be opened."""
+        path = db_path(data_dir)
+        store = self._store
+        if store is not None and store.path == path:
+            return store  # the common case: no lock
+        async with self._lock:
+            if self._store is not None and self._store.path != path:
+                old, self._store = self._store, None
+                await old.close()
+            if self._store is None:
+                self._store = await Store.open(path)
+            return self._store
 
-
-@contextlib.asynccontextmanager
-async def shared_store(path: Path) -> AsyncIterator[Store]:
-    """``async with shared_store(path) as store``: acquire and release the process's store."""
-    store = await acquire_store(path)
-    try:
-        yield store
-    finally:
-        await asyncio.shield(release_store(store))
+    async def close(self) -> None:
+        """Close the store; a later :meth:`get` opens it again."""
+        async with self._lock:
+            if self._store is not None:
+                store, self._store = self._store, None
+                await store.close()

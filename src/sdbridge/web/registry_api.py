@@ -1,4 +1,4 @@
-"""The registry's HTTP API, on sdbridge's web server.
+"""The built-in registry's HTTP API, on sdbridge's web server.
 
 ==========================================================  =====================================
 ``PUT    /api/v1/registry/<service>/<instance>``             register or replace; body
@@ -36,24 +36,21 @@ from .. import metrics
 from ..daemon import Daemon
 from ..defaults import reachable_address
 from ..errors import ConfigError, SdbridgeError
-from ..web.auth import AUTH_EXEMPT_KEY
-from .config import RegistryConfig
-from .store import (
+from ..registry.config import API_PREFIX, RegistryConfig
+from ..registry.store import (
     RegistrationError,
     Store,
-    acquire_store,
     check_address,
     check_instance,
     check_labels,
     check_service,
     check_ttl,
-    db_path,
-    release_store,
 )
+from .auth import AUTH_EXEMPT_KEY
 
 log = logging.getLogger("sdbridge.registry")
 
-PREFIX = "/api/v1/registry"
+PREFIX = API_PREFIX
 MAX_BODY_BYTES = 64 * 1024
 SELF_SERVICE = "sdbridge"
 WRITE_ROUTE_NAMES = frozenset({"registry-put", "registry-delete", "registry-heartbeat"})
@@ -61,13 +58,10 @@ _BODY_FIELDS = frozenset({"address", "labels", "ttl"})
 
 
 class RegistryAPI:
-    """The API's state: the daemon (for its config), the open store, the write token."""
+    """The API's state: the daemon (for its config and its registry store), the write token."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self._store: Store | None = None
-        self._store_lock = asyncio.Lock()
-        self._data_dir: Path | None = None
         self._token: tuple[tuple[Path, int, int], str] | None = None
         self._self_key: tuple[str, str] | None = None
         self._self_task: asyncio.Task[None] | None = None
@@ -79,34 +73,19 @@ class RegistryAPI:
         return config if isinstance(config, RegistryConfig) else RegistryConfig()
 
     async def store(self) -> Store:
-        """The store in the running config's ``data_dir``, opened on first use."""
-        data_dir = self.daemon.config.global_.data_dir
-        store = self._store
-        if store is not None and data_dir == self._data_dir:
-            return store  # the common case: no lock, no path arithmetic
-        path = db_path(data_dir)
-        async with self._store_lock:
-            self._data_dir = data_dir
-            if self._store is not None and self._store.path != path:
-                # data_dir changed on reload: follow it.
-                old, self._store = self._store, None
-                await release_store(old)
-            if self._store is None:
-                self._store = await acquire_store(path)
-            return self._store
+        """The daemon's registry store in the running config's ``data_dir``."""
+        return await self.daemon.registry_store.get(self.daemon.config.global_.data_dir)
 
     async def close(self) -> None:
-        """Deregister sdbridge itself and give back the store."""
+        """Deregister sdbridge itself; the store stays the daemon's to close."""
         if self._self_task is not None:
             self._self_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._self_task
-        if self._self_key is not None and self._store is not None:
+        store = self.daemon.registry_store.current
+        if self._self_key is not None and store is not None:
             with contextlib.suppress(SdbridgeError):
-                await self._store.delete(*self._self_key)
-        if self._store is not None:
-            store, self._store = self._store, None
-            await release_store(store)
+                await store.delete(*self._self_key)
 
     # --- the write token ------------------------------------------------------------
 
