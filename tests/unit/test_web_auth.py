@@ -131,7 +131,7 @@ async def test_successful_checks_are_cached_failures_are_not(
         return real(password, hashed)
 
     monkeypatch.setattr(auth.bcrypt, "checkpw", counting)
-    checker = auth.BasicAuth({"alice": bcrypt_hash("pw").encode()})
+    checker = auth.CredentialChecker({"alice": bcrypt_hash("pw").encode()})
     assert await checker.check("alice", "pw")
     assert await checker.check("alice", "pw")
     assert len(calls) == 1

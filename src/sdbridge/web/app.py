@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..masking import mask_text
 from ..render import Snapshot
 from . import api, ui
-from .auth import BasicAuth
+from .auth import CredentialChecker
 from .keys import (
     AUTH_EXEMPT_KEY,
     AUTH_KEY,
@@ -35,7 +35,6 @@ from .keys import (
     HEADERS_KEY,
     SD_CACHE_KEY,
     SD_CLIENTS_KEY,
-    SETTINGS_KEY,
     TARGET_INDEX_KEY,
 )
 from .sd import JSON_CONTENT_TYPE, ClientTracker, SDCache, make_handler
@@ -100,14 +99,13 @@ def create_app(
     # Both are always installed (and cheap when empty), so a reloaded web config can
     # add headers or turn basic auth on without rebuilding the app.
     headers = dict(settings.headers)
-    auth = BasicAuth(settings.users)
+    auth = CredentialChecker(settings.users)
     middlewares: list[Middleware] = [_header_middleware(headers), auth.middleware()]
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[HEADERS_KEY] = headers
     app[AUTH_KEY] = auth
     app[DAEMON_KEY] = daemon
     app[AUTH_EXEMPT_KEY] = []
-    app[SETTINGS_KEY] = settings
     sd_cache = app[SD_CACHE_KEY] = SDCache()
     sd_clients = app[SD_CLIENTS_KEY] = ClientTracker()
     targets = app[TARGET_INDEX_KEY] = TargetIndex()

@@ -52,7 +52,7 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     return user, password
 
 
-class BasicAuth:
+class CredentialChecker:
     """Checks credentials against bcrypt hashes, caching successes."""
 
     def __init__(self, users: dict[str, bytes]) -> None:

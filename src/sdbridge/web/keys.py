@@ -5,17 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..daemon import Daemon
-from .auth import AUTH_EXEMPT_KEY, BasicAuth
+from .auth import AUTH_EXEMPT_KEY, CredentialChecker
 from .sd import ClientTracker, SDCache
 from .status import TargetIndex
-from .webconfig import WebSettings
 
 DAEMON_KEY = web.AppKey("daemon", Daemon)
 SD_CACHE_KEY = web.AppKey("sd_cache", SDCache)
 SD_CLIENTS_KEY = web.AppKey("sd_clients", ClientTracker)
 TARGET_INDEX_KEY = web.AppKey("target_index", TargetIndex)
-SETTINGS_KEY = web.AppKey("web_settings", WebSettings)
-AUTH_KEY = web.AppKey("basic_auth", BasicAuth)
+AUTH_KEY = web.AppKey("basic_auth", CredentialChecker)
 HEADERS_KEY = web.AppKey("extra_headers", dict[str, str])
 
 __all__ = [
@@ -25,6 +23,5 @@ __all__ = [
     "HEADERS_KEY",
     "SD_CACHE_KEY",
     "SD_CLIENTS_KEY",
-    "SETTINGS_KEY",
     "TARGET_INDEX_KEY",
 ]
