@@ -29,6 +29,7 @@ from .logfmt import setup_logging
 from .masking import mask_text
 from .preflight import preflight
 from .registry import client as registry_client
+from .web import flags as web_flags
 from .web import registry_api
 from .web.server import DEFAULT_LISTEN_ADDRESS, start_server
 
@@ -131,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="TLS and basic auth for the web server (exporter-toolkit format, see docs/web.md)",
     )
+    web_flags.add_flags(run)
 
     _config_size_flag(run)
     check = command(
@@ -353,6 +355,7 @@ async def _run(args: argparse.Namespace) -> int:
             args.web_config,
             route_hooks=[registry_api.registry_routes(daemon)],
             max_config_size=max_size,
+            flags=web_flags.from_args(args),
         )
     except ConfigError as exc:
         cause = exc.__cause__

@@ -107,6 +107,18 @@ HTTP_SD_REQUESTS = Counter(
 WEB_AUTH_FAILURES = Counter(
     "sdbridge_web_auth_failures_total", "Requests refused for missing or wrong basic auth."
 )
+WEB_CONNECTIONS_REFUSED = Counter(
+    "sdbridge_web_connections_refused_total",
+    "Connections closed at once because --web.max-connections were open.",
+)
+WEB_CONNECTIONS_TIMED_OUT = Counter(
+    "sdbridge_web_connections_timed_out_total",
+    "Connections closed for not sending a request head within --web.read-header-timeout.",
+)
+WEB_ACCEPT_ERRORS = Counter(
+    "sdbridge_web_accept_errors_total",
+    "Failed accept() calls, e.g. out of file descriptors.",
+)
 
 # Built-in registry (sdbridge.registry).
 REGISTRY_INSTANCES = Gauge(

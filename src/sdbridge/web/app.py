@@ -28,10 +28,12 @@ from ..masking import mask_text
 from ..render import Snapshot
 from . import api, ui
 from .auth import CredentialChecker
+from .flags import WebFlags
 from .keys import (
     AUTH_EXEMPT_KEY,
     AUTH_KEY,
     DAEMON_KEY,
+    FLAGS_KEY,
     HEADERS_KEY,
     SD_CACHE_KEY,
     SD_CLIENTS_KEY,
@@ -90,6 +92,8 @@ def create_app(
     *,
     settings: WebSettings = NO_WEB_CONFIG,
     route_hooks: Iterable[RouteHook] = (),
+    flags: WebFlags | None = None,
+    listen_host: str = "127.0.0.1",
 ) -> web.Application:
     """Build the web application around a daemon.
 
@@ -105,6 +109,7 @@ def create_app(
     app[HEADERS_KEY] = headers
     app[AUTH_KEY] = auth
     app[DAEMON_KEY] = daemon
+    app[FLAGS_KEY] = flags = flags or WebFlags()
     app[AUTH_EXEMPT_KEY] = []
     sd_cache = app[SD_CACHE_KEY] = SDCache()
     sd_clients = app[SD_CLIENTS_KEY] = ClientTracker()

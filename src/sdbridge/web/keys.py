@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..daemon import Daemon
 from .auth import AUTH_EXEMPT_KEY, CredentialChecker
+from .flags import WebFlags
 from .sd import ClientTracker, SDCache
 from .status import TargetIndex
 
@@ -15,11 +16,13 @@ SD_CLIENTS_KEY = web.AppKey("sd_clients", ClientTracker)
 TARGET_INDEX_KEY = web.AppKey("target_index", TargetIndex)
 AUTH_KEY = web.AppKey("basic_auth", CredentialChecker)
 HEADERS_KEY = web.AppKey("extra_headers", dict[str, str])
+FLAGS_KEY = web.AppKey("web_flags", WebFlags)
 
 __all__ = [
     "AUTH_EXEMPT_KEY",
     "AUTH_KEY",
     "DAEMON_KEY",
+    "FLAGS_KEY",
     "HEADERS_KEY",
     "SD_CACHE_KEY",
     "SD_CLIENTS_KEY",

@@ -47,6 +47,7 @@ from ..registry.store import (
     check_ttl,
 )
 from .auth import AUTH_EXEMPT_KEY
+from .keys import FLAGS_KEY
 
 log = logging.getLogger("sdbridge.registry")
 
@@ -195,17 +196,25 @@ def _path_key(request: web.Request) -> tuple[str, str]:
 
 
 async def _read_body(request: web.Request) -> bytes | web.Response:
-    """The body, or a 413 answer once it exceeds MAX_BODY_BYTES (chunked bodies too)."""
+    """The body, or a 413 answer once it exceeds MAX_BODY_BYTES (chunked bodies too).
+
+    A body slower than ``--web.read-timeout`` is answered 408.
+    """
     too_big = _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return too_big
     chunks = []
     size = 0
-    while chunk := await request.content.read(MAX_BODY_BYTES + 1):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return too_big
-        chunks.append(chunk)
+    limit = request.app[FLAGS_KEY].limits.read_timeout
+    try:
+        async with asyncio.timeout(limit or None):
+            while chunk := await request.content.read(MAX_BODY_BYTES + 1):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    return too_big
+                chunks.append(chunk)
+    except TimeoutError:
+        return _error(408, "timeout", "the request body arrived slower than --web.read-timeout")
     return b"".join(chunks)
 
 

@@ -8,11 +8,13 @@ certificate and key); an invalid one is logged and the running one stays.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -20,7 +22,9 @@ from ..config import DEFAULT_MAX_CONFIG_SIZE
 from ..daemon import Daemon
 from ..errors import ConfigError
 from .app import RouteHook, create_app
+from .flags import WebFlags
 from .keys import AUTH_KEY, HEADERS_KEY
+from .limits import AcceptErrorLog, ConnectionGuard
 from .webconfig import WebSettings, load_web_config
 
 log = logging.getLogger("sdbridge.web")
@@ -58,6 +62,31 @@ class _LiveTLS:
             conn.context = self.current
 
 
+class _GuardedSite(web.TCPSite):
+    """A TCP site whose connections go through a :class:`.limits.ConnectionGuard`."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, **kwargs: Any) -> None:
+        self.guard: ConnectionGuard = kwargs.pop("guard")
+        self._tls_timeout: float = kwargs.pop("tls_timeout")
+        super().__init__(runner, host, port, **kwargs)
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        server = self._runner.server
+        assert server is not None
+        guard = self.guard
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: guard.wrap(server()),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=(self._tls_timeout or None) if self._ssl_context else None,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
+
+
 @dataclass
 class Server:
     """A running web server; :meth:`close` stops it."""
@@ -69,6 +98,7 @@ class Server:
     web_config_file: Path | None = None
     _tls: _LiveTLS | None = None
     max_config_size: int = DEFAULT_MAX_CONFIG_SIZE
+    guard: ConnectionGuard | None = None
 
     def reload_web_config(self) -> None:
         """Re-read the web config file: users, headers, certificate and key.
@@ -121,23 +151,36 @@ async def start_server(
     *,
     route_hooks: Iterable[RouteHook] = (),
     max_config_size: int = DEFAULT_MAX_CONFIG_SIZE,
+    flags: WebFlags | None = None,
 ) -> Server:
     """Serve ``daemon``'s web app on ``listen_address`` (port 0 picks a free port).
 
     Raises ConfigError for a malformed web config or an address that cannot be bound.
     """
+    flags = flags or WebFlags()
+    limits = flags.limits
     settings = load_web_config(web_config_file, max_size=max_config_size)
     host, port = parse_listen_address(listen_address)
-    app = create_app(daemon, settings=settings, route_hooks=route_hooks)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    app = create_app(
+        daemon, settings=settings, route_hooks=route_hooks, flags=flags, listen_host=host
+    )
+    # aiohttp's keep-alive timeout is Prometheus's idle timeout: --web.read-timeout.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=limits.read_timeout or 3600.0,
+    )
     await runner.setup()
-    site = web.TCPSite(
+    guard = ConnectionGuard(limits)
+    site = _GuardedSite(
         runner,
         host,
         port,
         ssl_context=settings.ssl_context,
-        reuse_address=True,
         backlog=LISTEN_BACKLOG,
+        guard=guard,
+        tls_timeout=limits.header_deadline,
     )
     try:
         await site.start()
@@ -146,7 +189,10 @@ async def start_server(
         raise ConfigError(f"cannot listen on {listen_address}: {exc.strerror or exc}") from exc
     bound = _bound_port(runner, port)
     tls = _LiveTLS(settings.ssl_context) if settings.ssl_context is not None else None
-    server = Server(runner, settings, host, bound, web_config_file, tls, max_config_size)
+    AcceptErrorLog(asyncio.get_running_loop()).install()
+    server = Server(
+        runner, settings, host, bound, web_config_file, tls, max_config_size, guard=guard
+    )
     # The web config is re-read with every successful config reload (SIGHUP, /-/reload).
     daemon.on_jobs_changed.append(server._reload_after_config_reload)
     auth = f", basic auth for {len(settings.users)} user(s)" if settings.users else ""

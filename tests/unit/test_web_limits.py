@@ -1,0 +1,92 @@
+"""Connection limits, the header deadline and rate-limited logging (web/limits.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sdbridge.config import parse_config
+from sdbridge.daemon import Daemon
+from sdbridge.web.flags import WebFlags
+from sdbridge.web.limits import AcceptErrorLog, ConnectionLimits, RateLimitedLog
+from sdbridge.web.server import start_server
+
+
+def test_rate_limited_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    limited = RateLimitedLog(logging.getLogger("t"), 10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="t"):
+        results = []
+        for step in range(25):
+            now[0] = step  # one event per second
+            results.append(limited.log(logging.ERROR, "boom %s", "x"))
+    assert results.count(True) == 3  # at 0, 10 and 20 seconds
+    assert [r.getMessage() for r in caplog.records] == [
+        "boom x",
+        "boom x (10 time(s) in the last 10s)",
+        "boom x (10 time(s) in the last 10s)",
+    ]
+
+
+async def test_accept_errors_are_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    seen: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context["message"]))
+    handler = AcceptErrorLog(loop)
+    handler.install()
+    try:
+        with caplog.at_level(logging.INFO, logger="sdbridge.web"):
+            error = OSError(24, "Too many open files")
+            for _ in range(1000):
+                loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": error}
+                )
+            loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.set_exception_handler(previous)
+    assert len(caplog.records) == 1
+    assert "Too many open files" in caplog.records[0].getMessage()
+    assert caplog.records[0].exc_info is None  # no traceback
+    assert seen == ["something else"]  # everything else reaches the handler it replaced
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await reader.read(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _daemon(tmp_path: Path) -> Daemon:
+    return Daemon(parse_config({"global": {"data_dir": str(tmp_path)}, "jobs": []}))
+
+
+async def test_silent_and_surplus_connections_are_closed(tmp_path: Path) -> None:
+    limits = ConnectionLimits(read_header_timeout=0.3, max_connections=2)
+    server = await start_server(_daemon(tmp_path), "127.0.0.1:0", flags=WebFlags(limits=limits))
+    writers = []
+    try:
+        silent = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        surplus_reader, surplus = await asyncio.open_connection("127.0.0.1", server.port)
+        writers = [w for _, w in silent] + [surplus]
+        async with asyncio.timeout(10):  # a hang guard, not a timing assert
+            assert await _closed_by_server(surplus_reader)  # over the limit: at once
+            for reader, _ in silent:  # once the header deadline passed
+                assert await _closed_by_server(reader)
+        assert server.guard is not None
+        assert server.guard.open == 0
+        # A client that sends its request in time is served.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{server.url}/-/healthy") as response,
+        ):
+            assert response.status == 200
+    finally:
+        for writer in writers:
+            writer.close()
+        await server.close()
