@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sdbridge import metrics
 from sdbridge.config import load_config
 from sdbridge.daemon import Daemon
+from sdbridge.web.flags import WebFlags
 from sdbridge.web.server import Server, start_server
 
 
@@ -55,7 +56,9 @@ class Setup:
 
     async def start(self) -> None:
         self.daemon = Daemon(load_config(self.config_path), config_path=self.config_path)
-        self.server = await start_server(self.daemon, "127.0.0.1:0")
+        self.server = await start_server(
+            self.daemon, "127.0.0.1:0", flags=WebFlags(enable_lifecycle=True)
+        )
         self.daemon.start()
 
     async def stop(self) -> None:
@@ -297,3 +300,27 @@ async def test_reload_with_huge_numbers_answers_500_and_is_counted(setup: Setup)
     assert (status, "registry.default_ttl" in text) == (500, True)
     assert setup.daemon is not None
     assert set(setup.daemon.jobs) == {"a"}
+
+
+async def test_reload_over_http_needs_enable_lifecycle(tmp_path: Path) -> None:
+    # As Prometheus: without --web.enable-lifecycle, /-/reload is refused and changes nothing.
+    setup = Setup(tmp_path)
+    setup.targets("a", ["127.0.0.1:9100"])
+    setup.write([setup.job("a")])
+    setup.daemon = Daemon(load_config(setup.config_path), config_path=setup.config_path)
+    setup.server = await start_server(setup.daemon, "127.0.0.1:0")
+    setup.daemon.start()
+    try:
+        setup.write([setup.job("a"), setup.job("b")])
+        for method in ("POST", "PUT"):
+            async with (
+                aiohttp.ClientSession() as session,
+                session.request(method, f"{setup.url}/-/reload") as response,
+            ):
+                assert response.status == 403
+                assert await response.text() == "Lifecycle API is not enabled.\n"
+        assert set(setup.daemon.jobs) == {"a"}
+        await setup.daemon.reload()  # what SIGHUP does, always
+        assert set(setup.daemon.jobs) == {"a", "b"}
+    finally:
+        await setup.stop()

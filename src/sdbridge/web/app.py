@@ -4,7 +4,7 @@ Routes:
 
 - ``GET /sd/<job>``: the job's targets in Prometheus's http_sd format (:mod:`.sd`)
 - ``GET /metrics``: sdbridge's own metrics, plus the process and Python collectors
-- ``GET /-/healthy``, ``GET /-/ready``, ``POST|PUT /-/reload``
+- ``GET /-/healthy``, ``GET /-/ready``, ``POST|PUT /-/reload`` (``--web.enable-lifecycle``)
 - ``GET /api/v1/jobs``, ``GET /api/v1/jobs/<job>`` (:mod:`.api`)
 - ``GET /``, ``GET /jobs/<job>``, ``/static/*``: the UI (:mod:`.ui`)
 
@@ -62,7 +62,12 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
-    """Reload the config; an invalid one is refused and the running one stays."""
+    """Reload the config; an invalid one is refused and the running one stays.
+
+    As Prometheus, only with ``--web.enable-lifecycle`` (403 otherwise); SIGHUP always works.
+    """
+    if not request.app[FLAGS_KEY].enable_lifecycle:
+        return web.Response(status=403, text="Lifecycle API is not enabled.\n")
     try:
         await request.app[DAEMON_KEY].reload()
     except ConfigError as exc:
