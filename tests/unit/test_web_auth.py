@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 import subprocess
@@ -20,9 +21,11 @@ from sdbridge.errors import ConfigError
 from sdbridge.web import auth
 from sdbridge.web.app import AUTH_EXEMPT_KEY
 from sdbridge.web.auth import parse_basic
+from sdbridge.web.keys import AUTH_KEY
 from sdbridge.web.server import Server, start_server
 from sdbridge.web.webconfig import load_web_config
 from tests.servers.tls import SelfSigned, bcrypt_hash, self_signed, write_web_config
+from tests.unit.test_registry_store import eventually
 from tests.unit.test_web_sd import make_daemon, targets
 
 
@@ -308,3 +311,106 @@ async def test_web_config_is_reread_on_config_reload(
             assert await status(rotated, "new") == 200
     finally:
         await server.close()
+
+
+def test_failure_budget_refills_per_address() -> None:
+    now = [0.0]
+    budget = auth.FailureBudget(burst=3, rate=0.5, clock=lambda: now[0])
+    for _ in range(3):
+        assert budget.allows("127.0.0.2")
+        budget.spend("127.0.0.2")
+    assert not budget.allows("127.0.0.2")
+    assert budget.allows("127.0.0.3")  # another address has its own budget
+    now[0] = 2.0  # one failure regained every 2 s
+    assert budget.allows("127.0.0.2")
+    budget.spend("127.0.0.2")
+    assert not budget.allows("127.0.0.2")
+
+
+async def test_a_wrong_password_flood_is_limited_per_address_and_counted(
+    tmp_path: Path, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(auth.bcrypt, "checkpw", counting)
+    config = write_web_config(tmp_path / "web.yml", users={"alice": "pw"})
+    server = await start_server(daemon, "127.0.0.1:0", config)
+    failures = auth.metrics.WEB_AUTH_FAILURES._value.get()
+    try:
+        async with aiohttp.ClientSession() as session:
+            statuses = []
+            for _ in range(auth.FAILURE_BURST + 5):
+                async with session.get(f"{server.url}/-/ready", headers=basic("alice", "no")) as r:
+                    statuses.append(r.status)
+            assert statuses == [401] * auth.FAILURE_BURST + [429] * 5
+            assert len(calls) == auth.FAILURE_BURST  # refused ones cost no bcrypt
+            async with session.get(f"{server.url}/-/healthy", headers=basic("alice", "pw")) as r:
+                # The limit is on checks; a good password is still checked (here, the
+                # first time) only while the address has budget, so this one is refused.
+                assert r.status == 429
+        assert auth.metrics.WEB_AUTH_FAILURES._value.get() - failures == len(statuses) + 1
+    finally:
+        await server.close()
+
+
+async def test_checks_beyond_the_waiting_limit_are_refused_at_once(
+    tmp_path: Path, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def stuck(password: bytes, hashed: bytes) -> bool:
+        release.wait(10)
+        return False
+
+    monkeypatch.setattr(auth.bcrypt, "checkpw", stuck)
+    config = write_web_config(tmp_path / "web.yml", users={"alice": "pw"})
+    server = await start_server(daemon, "127.0.0.1:0", config)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def attempt() -> int:
+                async with session.get(f"{server.url}/-/ready", headers=basic("a", "b")) as r:
+                    return r.status
+
+            waiting = [asyncio.create_task(attempt()) for _ in range(auth.MAX_WAITING)]
+            checker = server.runner.app[AUTH_KEY]
+            await eventually(lambda: checker.busy, "every check queued")
+            assert [await attempt() for _ in range(3)] == [429] * 3  # no queueing
+            release.set()
+            assert await asyncio.gather(*waiting) == [401] * auth.MAX_WAITING
+    finally:
+        release.set()
+        await server.close()
+
+
+async def test_gzip_and_shards_run_off_the_default_pool(daemon: Daemon) -> None:
+    import threading
+
+    from sdbridge.web import sd
+    from tests.unit.test_web_sd import snapshot_of
+
+    seen: list[str] = []
+    real = sd.split_shards
+
+    def recording(*args: object) -> object:
+        seen.append(threading.current_thread().name)
+        return real(*args)  # type: ignore[arg-type]
+
+    cache = sd.SDCache()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sd, "split_shards", recording)
+            entry = cache.get("j", snapshot_of("j", targets(20)))
+            await entry.shard(0, 2)
+            await entry.gzipped(entry.whole)
+        assert seen
+        assert all(name.startswith("sdbridge-sd") for name in seen)
+    finally:
+        cache.close()

@@ -301,7 +301,7 @@ async def test_derived_bodies_are_cached_on_snapshot_identity() -> None:
     first = snapshot_of("j", targets(20))
     entry = cache.get("j", first)
     assert cache.get("j", first) is entry
-    assert await entry.whole.gzipped() is await entry.whole.gzipped()
+    assert await entry.gzipped(entry.whole) is await entry.gzipped(entry.whole)
     assert await entry.shard(0, 4) is await entry.shard(0, 4)
     equal_but_new = snapshot_of("j", targets(20))
     assert cache.get("j", equal_but_new) is not entry

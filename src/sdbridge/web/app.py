@@ -127,6 +127,12 @@ def create_app(
 
     daemon.on_jobs_changed.append(forget_removed_jobs)
 
+    async def stop_threads(_: web.Application) -> None:
+        auth.close()
+        sd_cache.close()
+
+    app.on_cleanup.append(stop_threads)
+
     def lookup(name: str) -> tuple[bool, Snapshot | None]:
         job = daemon.jobs.get(name)
         return (job is not None, job.snapshot if job is not None else None)

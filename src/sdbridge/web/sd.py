@@ -17,6 +17,7 @@ import hashlib
 import re
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
@@ -45,16 +46,16 @@ class Representation:
     targets: int
     _gzip: asyncio.Future[bytes] | None = field(default=None, repr=False)
 
-    def prepare_gzip(self) -> None:
+    def prepare_gzip(self, executor: Executor | None) -> None:
         """Start compressing ``body`` off the event loop, once."""
         if self._gzip is None:
             # A plain executor future (no coroutine), so one nobody awaits leaves no warning.
             compress = partial(gzip.compress, self.body, GZIP_LEVEL, mtime=0)
-            self._gzip = asyncio.get_running_loop().run_in_executor(None, compress)
+            self._gzip = asyncio.get_running_loop().run_in_executor(executor, compress)
 
-    async def gzipped(self) -> bytes:
+    async def gzipped(self, executor: Executor | None) -> bytes:
         """The gzip encoding of ``body``, compressed once."""
-        self.prepare_gzip()
+        self.prepare_gzip(executor)
         assert self._gzip is not None
         return await asyncio.shield(self._gzip)
 
@@ -65,13 +66,18 @@ class SnapshotCache:
 
     snapshot: Snapshot
     whole: Representation
+    executor: Executor | None = None
     _shards: dict[int, asyncio.Future[list[Representation]]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, snapshot: Snapshot) -> SnapshotCache:
+    def of(cls, snapshot: Snapshot, executor: Executor | None = None) -> SnapshotCache:
         """A cache for ``snapshot`` (the whole body is the snapshot's own bytes)."""
         whole = Representation(snapshot.body, snapshot.etag, snapshot.target_count)
-        return cls(snapshot, whole)
+        return cls(snapshot, whole, executor)
+
+    async def gzipped(self, rep: Representation) -> bytes:
+        """The gzip encoding of ``rep`` (this snapshot's whole body or a shard)."""
+        return await rep.gzipped(self.executor)
 
     async def shard(self, index: int, shards: int) -> Representation:
         """Shard ``index`` of ``shards``; all ``shards`` bodies are built in one pass."""
@@ -80,7 +86,7 @@ class SnapshotCache:
             if len(self._shards) >= _SHARD_CACHE_LIMIT:
                 del self._shards[next(iter(self._shards))]
             task = asyncio.get_running_loop().run_in_executor(
-                None, split_shards, self.snapshot, shards
+                self.executor, split_shards, self.snapshot, shards
             )
             self._shards[shards] = task
         return (await asyncio.shield(task))[index]
@@ -107,19 +113,28 @@ def split_shards(snapshot: Snapshot, shards: int) -> list[Representation]:
 
 
 class SDCache:
-    """Per-job :class:`SnapshotCache`, replaced when the job publishes a new snapshot."""
+    """Per-job :class:`SnapshotCache`, replaced when the job publishes a new snapshot.
+
+    Compression and sharding run on threads of its own, not asyncio's default pool, so
+    they neither wait behind nor hold up other work there (renders, file writes).
+    """
 
     def __init__(self) -> None:
         self._caches: dict[str, SnapshotCache] = {}
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sdbridge-sd")
+
+    def close(self) -> None:
+        """Stop the threads (running work finishes)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def get(self, job: str, snapshot: Snapshot) -> SnapshotCache:
         """The cache of ``snapshot``; a new snapshot (by identity) starts a new one."""
         cache = self._caches.get(job)
         if cache is None or cache.snapshot is not snapshot:
-            cache = SnapshotCache.of(snapshot)
+            cache = SnapshotCache.of(snapshot, self.executor)
             self._caches[job] = cache
             # Prometheus always asks for gzip: start compressing with the first request.
-            cache.whole.prepare_gzip()
+            cache.whole.prepare_gzip(self.executor)
         return cache
 
     def retain(self, jobs: set[str]) -> None:
@@ -284,7 +299,7 @@ def make_handler(
         headers["Content-Type"] = JSON_CONTENT_TYPE
         body = rep.body
         if use_gzip:
-            body = await rep.gzipped()
+            body = await entry.gzipped(rep)
             headers["Content-Encoding"] = "gzip"
         _counter(name, 200).inc()
         return web.Response(body=body, headers=headers)
