@@ -38,10 +38,12 @@ from .keys import (
     SD_CACHE_KEY,
     SD_CLIENTS_KEY,
     TARGET_INDEX_KEY,
+    WRITE_GUARD_KEY,
 )
 from .sd import JSON_CONTENT_TYPE, ClientTracker, SDCache, make_handler
 from .status import TargetIndex
 from .webconfig import NO_WEB_CONFIG, WebSettings
+from .writeguard import WriteGuard
 
 __all__ = ["AUTH_EXEMPT_KEY", "DAEMON_KEY", "JSON_CONTENT_TYPE", "RouteHook", "create_app"]
 
@@ -68,6 +70,9 @@ async def reload(request: web.Request) -> web.Response:
     """
     if not request.app[FLAGS_KEY].enable_lifecycle:
         return web.Response(status=403, text="Lifecycle API is not enabled.\n")
+    refused = request.app[WRITE_GUARD_KEY].refusal(request)
+    if refused is not None:
+        return web.Response(status=403, text=f"{refused}\n")
     try:
         await request.app[DAEMON_KEY].reload()
     except ConfigError as exc:
@@ -115,6 +120,7 @@ def create_app(
     app[AUTH_KEY] = auth
     app[DAEMON_KEY] = daemon
     app[FLAGS_KEY] = flags = flags or WebFlags()
+    app[WRITE_GUARD_KEY] = WriteGuard(listen_host, flags.external_hosts)
     app[AUTH_EXEMPT_KEY] = []
     sd_cache = app[SD_CACHE_KEY] = SDCache()
     sd_clients = app[SD_CLIENTS_KEY] = ClientTracker()

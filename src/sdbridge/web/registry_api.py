@@ -47,7 +47,7 @@ from ..registry.store import (
     check_ttl,
 )
 from .auth import AUTH_EXEMPT_KEY
-from .keys import FLAGS_KEY
+from .keys import FLAGS_KEY, WRITE_GUARD_KEY
 
 log = logging.getLogger("sdbridge.registry")
 
@@ -56,6 +56,11 @@ MAX_BODY_BYTES = 64 * 1024
 SELF_SERVICE = "sdbridge"
 WRITE_ROUTE_NAMES = frozenset({"registry-put", "registry-delete", "registry-heartbeat"})
 _BODY_FIELDS = frozenset({"address", "labels", "ttl"})
+NEEDS_TOKEN = (
+    "registry writes are refused: sdbridge listens on a non-loopback address and "
+    "registry.write_token_file is not set; put a random token in a file, set "
+    "registry.write_token_file to it, and send 'Authorization: Bearer <token>'"
+)
 
 
 class RegistryAPI:
@@ -119,7 +124,7 @@ class RegistryAPI:
             log.error("refusing registry writes: %s", exc)
             return _error(503, "unavailable", "the registry's write token file cannot be read")
         if token is None:
-            return None
+            return self._check_tokenless_write(request)
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             response = _error(
@@ -130,6 +135,13 @@ class RegistryAPI:
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             return _error(403, "forbidden", "wrong registry write token")
         return None
+
+    def _check_tokenless_write(self, request: web.Request) -> web.Response | None:
+        guard = request.app[WRITE_GUARD_KEY]
+        if not guard.loopback_only:
+            return _error(403, "forbidden", NEEDS_TOKEN)
+        refused = guard.refusal(request)
+        return None if refused is None else _error(403, "forbidden", refused)
 
     # --- sdbridge's own registration ------------------------------------------------
 
@@ -372,7 +384,9 @@ def add_registry_routes(app: web.Application, daemon: Daemon) -> RegistryAPI:
         exempt.append(authorizes_itself)  # token-guarded writes skip basic auth
 
     async def startup(_: web.Application) -> None:
-        api.write_token()  # a missing or empty token file fails the start, clearly
+        # A missing or empty token file fails the start, clearly.
+        if api.write_token() is None and not app[WRITE_GUARD_KEY].loopback_only:
+            log.warning(NEEDS_TOKEN)
 
     async def cleanup(_: web.Application) -> None:
         await api.close()
