@@ -90,3 +90,74 @@ async def test_silent_and_surplus_connections_are_closed(tmp_path: Path) -> None
         for writer in writers:
             writer.close()
         await server.close()
+
+
+# --- log lines clients cause (issue 12, finding 7) -----------------------------------------
+
+
+async def _raw(port: int, data: bytes, *, read: bool) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await reader.read(200) if read else b""
+    writer.close()
+    return answer
+
+
+async def test_client_mistakes_log_one_line_without_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sdbridge.web.registry_api import registry_routes
+    from tests.unit.test_registry_api import make_daemon
+
+    daemon = make_daemon(tmp_path)
+    server = await start_server(daemon, "127.0.0.1:0", route_hooks=[registry_routes(daemon)])
+    partial = (
+        b"PUT /api/v1/registry/web/a HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b'Content-Length: 1000\r\n\r\n{"address'
+    )
+    long_line = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(30):
+                await _raw(server.port, partial, read=False)  # hangs up mid-body
+                answer = await _raw(server.port, long_line, read=True)
+                assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
+            await asyncio.sleep(0.2)  # let the server notice the last hang-up
+        noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(noisy) <= 2, [r.getMessage()[:200] for r in noisy]
+        assert all(r.exc_info is None for r in caplog.records)
+        assert all(len(r.getMessage()) < 1024 for r in caplog.records)
+    finally:
+        await server.close()
+        await daemon.stop()
+
+
+async def test_a_missing_token_file_is_one_error_not_one_per_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from sdbridge.web.app import create_app
+    from sdbridge.web.registry_api import registry_routes
+    from tests.unit.test_registry_api import TOKEN, make_daemon
+
+    (tmp_path / "token").write_text(TOKEN)
+    daemon = make_daemon(tmp_path, {"write_token_file": "token"})
+    app = create_app(daemon, route_hooks=[registry_routes(daemon)])
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    body = b'{"address": "127.0.0.1:80"}'
+    async with TestClient(TestServer(app)) as client:
+        (tmp_path / "token").unlink()
+        with caplog.at_level(logging.INFO, logger="sdbridge.registry"):
+            for n in range(20):
+                response = await client.put(f"/api/v1/registry/web/i{n}", data=body, headers=bearer)
+                assert response.status == 503
+            (tmp_path / "token").write_text(TOKEN)
+            response = await client.put("/api/v1/registry/web/ok", data=body, headers=bearer)
+            assert response.status == 201
+    await daemon.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "token" in errors[0].getMessage()
+    assert any("readable again" in r.getMessage() for r in caplog.records)

@@ -15,7 +15,10 @@ every connection is wrapped in a :class:`GuardedConnection` that adds both:
 
 When the process runs out of file descriptors anyway, asyncio reports every failed
 ``accept()`` with a traceback; :class:`AcceptErrorLog` turns those into one line per
-interval with a count.
+interval with a count. :class:`ClientErrorFilter` does the same for aiohttp's reports
+of what clients do wrong (a request line over 8 KiB, a malformed request, a client that
+hangs up mid-body): one line without a traceback per interval, so that nobody can fill
+the log from the outside.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import metrics
 
@@ -211,3 +216,43 @@ class AcceptErrorLog:
             self._previous(loop, context)
         else:
             loop.default_exception_handler(context)
+
+
+class ClientErrorFilter(logging.Filter):
+    """On aiohttp's server logger: client mistakes become one rate-limited line, no traceback.
+
+    Errors that are not the client's (a bug in a handler) pass unchanged.
+    """
+
+    def __init__(self, interval: float = ACCEPT_ERROR_LOG_INTERVAL) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError | ConnectionError):
+            return True
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            self._suppressed += 1
+            return False
+        count, self._suppressed, self._last = self._suppressed + 1, 0, now
+        reason = getattr(error, "message", "") or str(error) or type(error).__name__
+        reason = " ".join(str(reason).split())[:200]
+        record.msg = f"{record.getMessage()}: {type(error).__name__}: {reason}"
+        if count > 1:
+            record.msg += f" ({count} client error(s) in the last {self.interval:g}s)"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+    @classmethod
+    def install(cls) -> None:
+        """Add one to aiohttp's server logger (once)."""
+        server_log = logging.getLogger("aiohttp.server")
+        if not any(isinstance(f, cls) for f in server_log.filters):
+            server_log.addFilter(cls())

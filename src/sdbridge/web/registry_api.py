@@ -69,6 +69,7 @@ class RegistryAPI:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._token: tuple[tuple[Path, int, int], str] | None = None
+        self._token_error: str | None = None  # the last one logged
         self._self_key: tuple[str, str] | None = None
         self._self_task: asyncio.Task[None] | None = None
 
@@ -121,8 +122,13 @@ class RegistryAPI:
         try:
             token = self.write_token()
         except ConfigError as exc:
-            log.error("refusing registry writes: %s", exc)
+            if str(exc) != self._token_error:  # once per problem, not once per write
+                self._token_error = str(exc)
+                log.error("refusing registry writes until the token file is fixed: %s", exc)
             return _error(503, "unavailable", "the registry's write token file cannot be read")
+        if self._token_error is not None:
+            self._token_error = None
+            log.info("registry write token file readable again; accepting writes")
         if token is None:
             return self._check_tokenless_write(request)
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
@@ -227,6 +233,9 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
                 chunks.append(chunk)
     except TimeoutError:
         return _error(408, "timeout", "the request body arrived slower than --web.read-timeout")
+    except ConnectionError:
+        # The client hung up mid-body: nothing to answer, nothing to log.
+        return _error(400, "bad_data", "the client closed the connection before the body ended")
     return b"".join(chunks)
 
 

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .app import RouteHook, create_app
 from .flags import WebFlags
 from .keys import AUTH_KEY, HEADERS_KEY
-from .limits import AcceptErrorLog, ConnectionGuard
+from .limits import AcceptErrorLog, ClientErrorFilter, ConnectionGuard
 from .webconfig import WebSettings, load_web_config
 
 log = logging.getLogger("sdbridge.web")
@@ -190,6 +190,7 @@ async def start_server(
     bound = _bound_port(runner, port)
     tls = _LiveTLS(settings.ssl_context) if settings.ssl_context is not None else None
     AcceptErrorLog(asyncio.get_running_loop()).install()
+    ClientErrorFilter.install()
     server = Server(
         runner, settings, host, bound, web_config_file, tls, max_config_size, guard=guard
     )
