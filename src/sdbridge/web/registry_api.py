@@ -48,6 +48,7 @@ from ..registry.store import (
 )
 from .auth import AUTH_EXEMPT_KEY
 from .keys import FLAGS_KEY, WRITE_GUARD_KEY
+from .limits import ACCEPT_ERROR_LOG_INTERVAL, RateLimitedLog
 
 log = logging.getLogger("sdbridge.registry")
 
@@ -201,8 +202,12 @@ def _bad(exc: RegistrationError) -> web.Response:
     return _error(400, "bad_data", str(exc), exc.field)
 
 
+# Any client can trigger this while the store is broken: one line per interval.
+_unavailable_log = RateLimitedLog(log, ACCEPT_ERROR_LOG_INTERVAL)
+
+
 def _unavailable(exc: SdbridgeError) -> web.Response:
-    log.error("registry request failed: %s", exc)
+    _unavailable_log.log(logging.ERROR, "registry request failed: %s", exc)
     return _error(503, "unavailable", f"the registry store is unavailable: {exc}")
 
 
