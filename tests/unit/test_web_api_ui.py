@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -263,3 +264,48 @@ async def test_http_sd_clients_are_shown(client: Client) -> None:
     page = await (await client.get("/jobs/web")).text()
     assert "Prometheus/2.42.0" in page
     assert "30s" in page
+
+
+async def test_a_job_whose_output_fails_is_degraded_not_ok(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from tests.unit.test_registry_store import eventually
+
+    (tmp_path / "targets.json").write_text(json.dumps([{"targets": ["127.0.0.1:9100"]}]))
+    (tmp_path / "not-a-dir").write_text("a file where the output directory should be")
+    config = parse_config(
+        {
+            "global": {"publish_delay": {"min": "0s", "max": "0s"}},
+            "jobs": [
+                {
+                    "name": "web",
+                    "exec_sd_configs": [{"command": ["cat", str(tmp_path / "targets.json")]}],
+                    "output": {"file": str(tmp_path / "not-a-dir" / "web.json")},
+                }
+            ],
+        }
+    )
+    daemon = Daemon(config)
+    job = Job(config.jobs[0], config.global_)
+    daemon.jobs["web"] = job
+    task = asyncio.create_task(job.run())
+    client = await client_for(create_app(daemon))
+    try:
+
+        async def state() -> str:
+            body = await (await client.get("/api/v1/jobs/web")).json()
+            return str(body["data"]["state"])
+
+        await eventually(
+            lambda: job.file_output is not None and job.file_output.last_error, "a write error"
+        )
+        assert await state() == "degraded"
+        body = await (await client.get("/api/v1/jobs/web")).json()
+        assert any(e.startswith("output file") for e in body["data"]["errors"])
+        assert b"state-degraded" in await (await client.get("/")).read()
+    finally:
+        await client.close()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

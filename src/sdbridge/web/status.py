@@ -23,11 +23,13 @@ DEFAULT_PER_PAGE = 100
 
 
 def job_state(status: JobStatus) -> str:
-    """One word for a job, from its ``status()``: syncing, failing, holding, stale or ok."""
+    """One word for a job, from its ``status()``: syncing, failing, degraded, holding, stale or ok."""
     if any(m.health.last_error for m in status.mechanisms):
         return "failing"
     if status.stale is None:  # no snapshot yet
         return "syncing"
+    if any(o.last_error for o in status.outputs):
+        return "degraded"  # discovery works, but an output (the file, the state) does not
     if status.guard.holding:
         return "holding"
     if status.stale:
