@@ -6,6 +6,7 @@ Routes:
 - ``GET /metrics``: sdbridge's own metrics, plus the process and Python collectors
 - ``GET /-/healthy``, ``GET /-/ready``, ``POST|PUT /-/reload`` (``--web.enable-lifecycle``)
 - ``GET /api/v1/jobs``, ``GET /api/v1/jobs/<job>`` (:mod:`.api`)
+- ``GET /api/v1/openapi.json``: the description of ``/api/v1`` (:mod:`.openapi`)
 - ``GET /``, ``GET /jobs/<job>``, ``/static/*``: the UI (:mod:`.ui`)
 
 Other parts of sdbridge add their own routes by passing a ``RouteHook`` in
@@ -26,7 +27,7 @@ from ..daemon import Daemon
 from ..errors import ConfigError
 from ..masking import mask_text
 from ..render import Snapshot
-from . import api, ui
+from . import api, openapi, ui
 from .auth import CredentialChecker
 from .flags import WebFlags
 from .keys import (
@@ -150,6 +151,7 @@ def create_app(
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)
     api.add_routes(app)
+    openapi.add_routes(app)
     ui.add_routes(app)
     for hook in route_hooks:
         hook(app)
