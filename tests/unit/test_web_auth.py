@@ -123,9 +123,9 @@ async def test_plain_http_to_the_tls_port_fails(tls_server: Server) -> None:
         assert response.status == 400
 
 
-async def test_successful_checks_are_cached_failures_are_not(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def bcrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The passwords bcrypt has checked (the real check still runs)."""
     calls: list[bytes] = []
     real = bcrypt.checkpw
 
@@ -134,6 +134,11 @@ async def test_successful_checks_are_cached_failures_are_not(
         return real(password, hashed)
 
     monkeypatch.setattr(auth.bcrypt, "checkpw", counting)
+    return calls
+
+
+async def test_successful_checks_are_cached_failures_are_not(bcrypt_calls: list[bytes]) -> None:
+    calls = bcrypt_calls
     checker = auth.CredentialChecker({"alice": bcrypt_hash("pw").encode()})
     assert await checker.check("alice", "pw")
     assert await checker.check("alice", "pw")
@@ -328,16 +333,9 @@ def test_failure_budget_refills_per_address() -> None:
 
 
 async def test_a_wrong_password_flood_is_limited_per_address_and_counted(
-    tmp_path: Path, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, daemon: Daemon, bcrypt_calls: list[bytes]
 ) -> None:
-    calls: list[bytes] = []
-    real = bcrypt.checkpw
-
-    def counting(password: bytes, hashed: bytes) -> bool:
-        calls.append(password)
-        return real(password, hashed)
-
-    monkeypatch.setattr(auth.bcrypt, "checkpw", counting)
+    calls = bcrypt_calls
     config = write_web_config(tmp_path / "web.yml", users={"alice": "pw"})
     server = await start_server(daemon, "127.0.0.1:0", config)
     failures = auth.metrics.WEB_AUTH_FAILURES._value.get()

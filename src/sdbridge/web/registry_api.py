@@ -304,16 +304,26 @@ def _write_target(request: web.Request) -> tuple[RegistryAPI, str, str] | web.Re
     return api, service, instance
 
 
-async def heartbeat(request: web.Request) -> web.Response:
-    """Renew an instance's ttl; 404 when it is not registered (any more)."""
+async def _store_write(
+    request: web.Request, operation: Callable[[Store, str, str], Awaitable[Any]]
+) -> tuple[str, str, Any] | web.Response:
+    """Run a write on the instance ``request`` names: (service, instance, result) or a refusal."""
     target = _write_target(request)
     if isinstance(target, web.Response):
         return target
     api, service, instance = target
     try:
-        renewed = await (await api.store()).heartbeat(service, instance)
+        return service, instance, await operation(await api.store(), service, instance)
     except SdbridgeError as exc:
         return _unavailable(exc)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    """Renew an instance's ttl; 404 when it is not registered (any more)."""
+    outcome = await _store_write(request, Store.heartbeat)
+    if isinstance(outcome, web.Response):
+        return outcome
+    service, instance, renewed = outcome
     if renewed is None:
         return _error(
             404, "not_found", f"{service}/{instance} is not registered; register it again with PUT"
@@ -323,14 +333,10 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 async def delete_instance(request: web.Request) -> web.Response:
     """Deregister an instance; 404 when it is not registered."""
-    target = _write_target(request)
-    if isinstance(target, web.Response):
-        return target
-    api, service, instance = target
-    try:
-        deleted = await (await api.store()).delete(service, instance)
-    except SdbridgeError as exc:
-        return _unavailable(exc)
+    outcome = await _store_write(request, Store.delete)
+    if isinstance(outcome, web.Response):
+        return outcome
+    service, instance, deleted = outcome
     if not deleted:
         return _error(404, "not_found", f"{service}/{instance} is not registered")
     return _json({"service": service, "instance": instance, "deleted": True})
