@@ -161,3 +161,33 @@ async def test_a_missing_token_file_is_one_error_not_one_per_write(
     assert len(errors) == 1
     assert "token" in errors[0].getMessage()
     assert any("readable again" in r.getMessage() for r in caplog.records)
+
+
+def test_web_flags_parse_as_prometheus_spells_them() -> None:
+    import argparse
+
+    from sdbridge.web import flags
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    flags.add_flags(parser)
+    default = flags.from_args(parser.parse_args([]))
+    assert default.limits == ConnectionLimits(300.0, 10.0, 512)
+    assert not default.enable_lifecycle
+    given = flags.from_args(
+        parser.parse_args(
+            [
+                "--web.read-timeout=0",
+                "--web.read-header-timeout=2s",
+                "--web.max-connections=10",
+                "--web.enable-lifecycle",
+                "--web.external-url=https://SD.example.org:8443/sdbridge",
+            ]
+        )
+    )
+    assert given.limits == ConnectionLimits(0.0, 2.0, 10)
+    assert given.limits.header_deadline == 2.0
+    assert given.enable_lifecycle
+    assert given.external_hosts == frozenset({"sd.example.org"})
+    for bad in ("--web.max-connections=-1", "--web.read-timeout=soon", "--web.external-url=x"):
+        with pytest.raises((argparse.ArgumentError, SystemExit)):
+            parser.parse_args([bad])

@@ -69,6 +69,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--web.read-timeout",
         dest="web_read_timeout",
+        metavar="DURATION",
         type=_duration,
         default=DEFAULT_READ_TIMEOUT,
         help="close idle keep-alive connections and slow requests after this long "
@@ -77,6 +78,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--web.read-header-timeout",
         dest="web_read_header_timeout",
+        metavar="DURATION",
         type=_duration,
         default=DEFAULT_READ_HEADER_TIMEOUT,
         help="close a connection that sends no request head this long after it opens "
@@ -85,6 +87,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--web.max-connections",
         dest="web_max_connections",
+        metavar="N",
         type=_connections,
         default=DEFAULT_MAX_CONNECTIONS,
         help=f"most simultaneous connections (default {DEFAULT_MAX_CONNECTIONS}; 0: no limit)",
@@ -98,6 +101,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--web.external-url",
         dest="web_external_url",
+        metavar="URL",
         type=_url,
         help="the URL sdbridge is reached at (e.g. behind a proxy); its host is accepted "
         "for writes without a token",
