@@ -191,3 +191,34 @@ def test_web_flags_parse_as_prometheus_spells_them() -> None:
     for bad in ("--web.max-connections=-1", "--web.read-timeout=soon", "--web.external-url=x"):
         with pytest.raises((argparse.ArgumentError, SystemExit)):
             parser.parse_args([bad])
+
+
+async def test_read_timeout_closes_idle_keepalive_and_slow_bodies(tmp_path: Path) -> None:
+    from sdbridge.web.registry_api import registry_routes
+    from tests.unit.test_registry_api import make_daemon
+
+    daemon = make_daemon(tmp_path)
+    limits = ConnectionLimits(read_timeout=0.3, read_header_timeout=5.0)
+    server = await start_server(
+        daemon, "127.0.0.1:0", route_hooks=[registry_routes(daemon)], flags=WebFlags(limits=limits)
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        async with asyncio.timeout(10):  # a hang guard, not a timing assert
+            answer = await reader.readuntil(b"Healthy.\n")
+            assert answer.startswith(b"HTTP/1.1 200")
+            assert await _closed_by_server(reader)  # idle keep-alive, closed
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"PUT /api/v1/registry/web/a HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Length: 100\r\n\r\n{"address"'
+        )
+        async with asyncio.timeout(10):
+            assert (await reader.readline()).startswith(b"HTTP/1.1 408")
+        writer.close()
+    finally:
+        await server.close()
+        await daemon.stop()

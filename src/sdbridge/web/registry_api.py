@@ -237,7 +237,12 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
                     return too_big
                 chunks.append(chunk)
     except TimeoutError:
-        return _error(408, "timeout", "the request body arrived slower than --web.read-timeout")
+        slow = _error(408, "timeout", "the request body arrived slower than --web.read-timeout")
+        # Send it now and close: aiohttp would otherwise linger, reading the rest.
+        await slow.prepare(request)
+        await slow.write_eof()
+        request.protocol.force_close()
+        return slow
     except ConnectionError:
         # The client hung up mid-body: nothing to answer, nothing to log.
         return _error(400, "bad_data", "the client closed the connection before the body ended")

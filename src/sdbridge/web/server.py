@@ -32,6 +32,7 @@ log = logging.getLogger("sdbridge.web")
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9099"
 # Prometheus fleets poll together; a deep backlog keeps a burst from stalling in SYN retries.
 LISTEN_BACKLOG = 1024
+_YEAR = 365 * 86400.0
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -164,12 +165,13 @@ async def start_server(
     app = create_app(
         daemon, settings=settings, route_hooks=route_hooks, flags=flags, listen_host=host
     )
-    # aiohttp's keep-alive timeout is Prometheus's idle timeout: --web.read-timeout.
+    # aiohttp's keep-alive timeout is Prometheus's idle timeout: --web.read-timeout
+    # (0 turns it off; aiohttp's own 0 would end keep-alive, so a year stands in).
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
-        keepalive_timeout=limits.read_timeout or 3600.0,
+        keepalive_timeout=limits.read_timeout or _YEAR,
     )
     await runner.setup()
     guard = ConnectionGuard(limits)
