@@ -27,6 +27,7 @@ from sdbridge.errors import ConfigError, redact_url
 from sdbridge.logfmt import JsonFormatter, LogfmtFormatter
 from sdbridge.masking import MASK, is_secret_name, mask_argv, mask_config, mask_text
 from sdbridge.web.app import create_app
+from sdbridge.web.flags import WebFlags
 from tests.unit.test_web_sd import client_for
 
 PASSWORD = "PASSWORD-7f3a"
@@ -248,7 +249,7 @@ async def test_bad_endpoint_is_masked_in_reload_errors(
     path = tmp_path / "sdbridge.yml"
     path.write_text("jobs: [{name: a, exec_sd_configs: [{command: [echo, '[]']}]}]\n")
     daemon = Daemon(load_config(path), config_path=path)
-    client = await client_for(create_app(daemon))
+    client = await client_for(create_app(daemon, flags=WebFlags(enable_lifecycle=True)))
     bad = {
         "jobs": [
             {

@@ -21,8 +21,8 @@ from sdbridge.cli import main
 from sdbridge.config import load_config, parse_size
 from sdbridge.daemon import Daemon
 from sdbridge.errors import ConfigError
-from sdbridge.registry.api import registry_routes
 from sdbridge.web.app import create_app
+from sdbridge.web.registry_api import registry_routes
 from sdbridge.web.server import parse_listen_address
 from sdbridge.web.webconfig import load_web_config
 from tests.unit.test_registry_api import URL, make_daemon

@@ -24,8 +24,8 @@ from sdbridge.config import parse_config
 from sdbridge.discovery.exec import ExecSDConfig
 from sdbridge.job import Job, MechanismRunner
 from sdbridge.model import address_problem, reserved_label_problem, target_problem
-from sdbridge.registry.api import registry_routes
 from sdbridge.web.app import create_app
+from sdbridge.web.registry_api import registry_routes
 from tests.unit.fakes import group, make_job, running, until
 from tests.unit.test_registry_api import URL, make_daemon
 

@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import metrics
+from ..masking import mask_text
 
 log = logging.getLogger("sdbridge.web")
 
@@ -240,7 +241,7 @@ class ClientErrorFilter(logging.Filter):
             return False
         count, self._suppressed, self._last = self._suppressed + 1, 0, now
         reason = getattr(error, "message", "") or str(error) or type(error).__name__
-        reason = " ".join(str(reason).split())[:200]
+        reason = mask_text(" ".join(str(reason).split())[:200])  # a request line may hold one
         record.msg = f"{record.getMessage()}: {type(error).__name__}: {reason}"
         if count > 1:
             record.msg += f" ({count} client error(s) in the last {self.interval:g}s)"

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..masking import mask_text
+
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
@@ -76,7 +78,7 @@ class WriteGuard:
         host_header = request.headers.get("Host", "")
         if not self.known_host(host_header):
             return (
-                f"Host {host_header[:100]!r} is not a name this server is known by "
+                f"Host {mask_text(host_header[:100])!r} is not a name this server is known by "
                 "(an IP address, localhost, the listen address or --web.external-url); "
                 "writes without a bearer token are refused"
             )
