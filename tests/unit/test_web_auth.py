@@ -338,6 +338,7 @@ async def test_a_wrong_password_flood_is_limited_per_address_and_counted(
     calls = bcrypt_calls
     config = write_web_config(tmp_path / "web.yml", users={"alice": "pw"})
     server = await start_server(daemon, "127.0.0.1:0", config)
+    server.runner.app[AUTH_KEY].refusal_delay = 0  # held back 1 s in production
     failures = auth.metrics.WEB_AUTH_FAILURES._value.get()
     try:
         async with aiohttp.ClientSession() as session:
@@ -379,6 +380,7 @@ async def test_checks_beyond_the_waiting_limit_are_refused_at_once(
 
             waiting = [asyncio.create_task(attempt()) for _ in range(auth.MAX_WAITING)]
             checker = server.runner.app[AUTH_KEY]
+            checker.refusal_delay = 0
             await eventually(lambda: checker.busy, "every check queued")
             assert [await attempt() for _ in range(3)] == [429] * 3  # no queueing
             release.set()

@@ -44,6 +44,8 @@ FAILURE_BURST = 10
 FAILURE_RATE = 1.0
 """...to this many per second."""
 _TRACKED_ADDRESSES = 4096
+REFUSAL_DELAY = 1.0
+"""Seconds a 429 is held back (its Retry-After), so a flooding client waits, not the server."""
 
 
 # Predicates a route hook may append to: a request any of them accepts skips basic auth
@@ -112,6 +114,7 @@ class CredentialChecker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbridge-auth")
         self._waiting = 0
         self.failures = FailureBudget()
+        self.refusal_delay = REFUSAL_DELAY
 
     def close(self) -> None:
         """Stop the checking thread (running checks finish)."""
@@ -178,6 +181,9 @@ class CredentialChecker:
             address = request.remote or ""
             if credentials is not None and (self.busy or not self.failures.allows(address)):
                 metrics.WEB_AUTH_FAILURES.inc()
+                # A sleeping request costs nothing; answering at once would let each
+                # flooding client send another at once (connections stay capped).
+                await asyncio.sleep(self.refusal_delay)
                 return web.Response(
                     status=429, text="Too Many Requests\n", headers={"Retry-After": "1"}
                 )
