@@ -23,11 +23,8 @@ from typing import Any
 import orjson
 from pydantic import SecretStr
 
-<<<<<<< HEAD
-from ..defaults import DEFAULT_URL
-=======
 from ..asyncutil import Backoff, wait_event
->>>>>>> 52dd5b7 (registry: the daemon owns the one registry store and passes it to the API and registry_sd; the API moves to web/registry_api.py; Backoff/wait_event move to asyncutil.py so the registry package imports nothing above it; drop unused last_reload_error_time)
+from ..defaults import DEFAULT_URL
 from ..discovery._http import Authorization, HTTPClient, HTTPClientConfig, Response, body_message
 from ..durations import parse_duration
 from ..errors import BackendError, SdbridgeError, redact_url

@@ -664,7 +664,6 @@ class Store:
             self._notify(gone)
 
 
-<<<<<<< HEAD
 def name_some(keys: set[Key], limit: int = 10) -> str:
     """``svc/a, svc/b and 3 more``: the first ``limit`` keys, sorted, and how many others."""
     names = [f"{service}/{instance}" for service, instance in sorted(keys)]
@@ -672,20 +671,7 @@ def name_some(keys: set[Key], limit: int = 10) -> str:
     return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
-# --- sharing one store per database in the process ----------------------------------------
-
-
-@dataclass
-class _Shared:
-    store: Store
-    users: int
-
-
-_shared: dict[Path, _Shared] = {}
-_opening: dict[Path, asyncio.Task[Store]] = {}
-=======
 # --- one store per process, handed out by its owner ---------------------------------------
->>>>>>> 52dd5b7 (registry: the daemon owns the one registry store and passes it to the API and registry_sd; the API moves to web/registry_api.py; Backoff/wait_event move to asyncutil.py so the registry package imports nothing above it; drop unused last_reload_error_time)
 
 
 def db_path(data_dir: Path) -> Path:
