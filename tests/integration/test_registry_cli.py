@@ -242,12 +242,17 @@ def test_registrations_survive_a_restart_and_ttls_keep_counting(tmp_path: Path) 
     time.sleep(max(0.0, 3.5 - (time.time() - stopped_at)))
     bridge = DefaultBridge(tmp_path)
     try:
-        status, body = bridge.api("GET", "")
-        assert status == 200
-        instances = {i["instance"]: i for i in body["data"]["instances"]}
-        assert set(instances) == {"long", bridge.address}
+
+        def instances() -> dict[str, Any]:
+            status, body = bridge.api("GET", "")
+            assert status == 200
+            return {i["instance"]: i for i in body["data"]["instances"]}
+
+        # sdbridge registers itself just after it starts serving: wait for that, not a race.
+        wait_until(lambda: bridge.address in instances(), what="sdbridge's own registration")
+        assert set(instances()) == {"long", bridge.address}
         # The expiry is the one set before the restart, not reset by it.
-        assert instances["long"]["expires_at"] == long["data"]["expires_at"]
+        assert instances()["long"]["expires_at"] == long["data"]["expires_at"]
         wait_until(
             lambda: bridge.file_targets() == sorted(["127.0.0.2:9100", bridge.address]),
             what="the surviving registration published after the restart",
