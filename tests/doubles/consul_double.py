@@ -1,14 +1,15 @@
 """A Consul HTTP API double, built from Consul's documented API, for tests and benchmarks.
 
 Endpoints (developer.hashicorp.com/consul/api-docs): ``/v1/agent/self``,
-``/v1/catalog/services``, ``/v1/catalog/nodes``, ``/v1/health/service/<name>`` and
-``/v1/health/state/<state>``, with ``dc``, ``stale``, ``node-meta``, ``tag``, ``filter``
-(a subset of go-bexpr), ``ns``/``partition``, and blocking queries (``index``, ``wait``,
-``X-Consul-Index``; api-docs/features/blocking).
+``/v1/catalog/services``, ``/v1/catalog/nodes``, ``/v1/catalog/node/<node>``,
+``/v1/health/service/<name>`` and ``/v1/health/state/<state>``, with ``dc``, ``stale``,
+``node-meta``, ``tag``, ``filter`` (a subset of go-bexpr), ``ns``/``partition``, and
+blocking queries (``index``, ``wait``, ``X-Consul-Index``; api-docs/features/blocking).
 
 Indexes follow Consul's state store: one raft index counter; ``catalog/services`` answers
 with the services table's index, ``catalog/nodes`` with the nodes table's,
-``health/state/*`` with the checks table's, and ``health/service/<name>`` with that
+``health/state/*`` with the checks table's, ``catalog/node/<node>`` with the highest of the
+nodes' and services' tables', and ``health/service/<name>`` with that
 service's own index, which moves when one of its instances, their nodes or their checks
 change (state/catalog.go ``updateAllServiceIndexesOfNode``). A blocking query returns as
 soon as its index passes ``index``, or after ``wait`` (capped at 10m, plus up to wait/16
@@ -295,6 +296,7 @@ class ConsulDouble(ThreadedServer, FaultInjector):
         app.router.add_get("/v1/agent/self", self._agent_self)
         app.router.add_get("/v1/catalog/services", self._catalog_services)
         app.router.add_get("/v1/catalog/nodes", self._catalog_nodes)
+        app.router.add_get("/v1/catalog/node/{node}", self._catalog_node)
         app.router.add_get("/v1/health/service/{name}", self._health_service)
         app.router.add_get("/v1/health/state/{state}", self._health_state)
         app.router.add_post("/_double/call", self._control_call)
@@ -887,6 +889,36 @@ class ConsulDouble(ThreadedServer, FaultInjector):
                 nodes,
                 lambda: [n for _, n in sorted(self._nodes.items()) if node_ok(n)],
             )
+
+    async def _catalog_node(self, request: web.Request) -> web.Response:
+        """``/v1/catalog/node/<node>``: the node and a map of its services by ID, or
+        ``null`` for an unknown node; its index is the nodes' and services' tables' highest
+        (state/catalog.go ``NodeServices``), so every catalog write moves it."""
+        name = request.match_info["node"]
+
+        def current() -> int:
+            with self._lock:
+                return max(self._table_index["services"], self._table_index["nodes"])
+
+        index = await self._blocking(request, current, lambda: ["services", "nodes"])
+        if index is None:
+            return web.Response(status=400, text="Invalid wait time or index")
+
+        def build() -> dict[str, Any] | None:
+            node = self._nodes.get(name)
+            if node is None:
+                return None
+            services = {
+                service_id: svc
+                for (node_name, service_id), svc in sorted(self._services.items())
+                if node_name == name and self._namespace_ok(request, svc)
+            }
+            return {"Node": node, "Services": services}
+
+        with self._lock:
+            tables = self._table_index
+            index = max(tables["services"], tables["nodes"])
+            return self._answer(request, (tables["services"], tables["nodes"]), index, build)
 
     async def _health_state(self, request: web.Request) -> web.Response:
         state = request.match_info["state"]

@@ -331,6 +331,32 @@ async def test_a_check_change_rereads_only_its_service(consul: ConsulDouble) -> 
         assert h.sends[-1] == [h.groups["svc7"]]
 
 
+async def test_a_port_only_reregistration_is_found_by_node(consul: ConsulDouble) -> None:
+    # 40 services on 2 nodes: no check moves, so the catalog's index is all there is to
+    # go on; the nodes' answers tell which service moved, without reading every service.
+    consul.load(_web_dataset(instances=2, services=40))
+    async with discovering(consul) as h:
+        await h.wait_for(lambda: len(h.groups) == 40, "40 services")
+        await h.wait_for(lambda: consul.waiting == 3, "long-polls outstanding")
+        consul.reset_counters()
+        consul.register_service("node1", "svc23", 7023, service_id="svc23-1", tags=["t1"])
+        await h.wait_for(
+            lambda: h.targets()["svc23-1"]["__address__"] == "127.0.0.2:7023", "the new port"
+        )
+        await h.wait_for(lambda: consul.waiting == 3, "long-polls outstanding again")
+        requests = consul.stats()["requests"]
+        assert requests.get("/v1/health/service") == 1
+        assert requests.get("/v1/catalog/node/node0") == 1
+        assert requests.get("/v1/catalog/node/node1") == 1
+        assert h.sends[-1] == [h.groups["svc23"]]
+        # A tag-only change and a removal of an instance are found the same way.
+        consul.register_service("node0", "svc5", 9005, service_id="svc5-0", tags=["t1", "new"])
+        await h.wait_for(lambda: "new" in h.targets()["svc5-0"]["__meta_consul_tags"], "a tag")
+        consul.deregister_service("node1", "svc31-1")
+        await h.wait_for(lambda: "svc31-1" not in h.targets(), "the instance removed")
+        assert set(h.groups) == {f"svc{s}" for s in range(40)}
+
+
 async def test_a_node_change_rereads_the_services_on_that_node(consul: ConsulDouble) -> None:
     dataset = _web_dataset(instances=3, services=4)
     dataset.append(

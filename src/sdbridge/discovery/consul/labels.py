@@ -182,6 +182,45 @@ def parse_service_nodes(
     return result
 
 
+# What identifies one version of one instance: (node, service ID, the instance's
+# ModifyIndex). Every write to an instance (port, address, tags, meta) moves its
+# ModifyIndex, so two reads of a service list the same versions exactly when none of its
+# instances was registered, re-registered or removed in between.
+InstanceVersion = tuple[str, str, str]
+
+
+def service_versions(data: Any) -> frozenset[InstanceVersion]:
+    """The instance versions of a ``/v1/health/service/<name>`` answer that
+    :func:`parse_service_nodes` has accepted."""
+    return frozenset(
+        (
+            str((entry.get("Node") or {}).get("Node") or ""),
+            str((entry.get("Service") or {}).get("ID") or ""),
+            str((entry.get("Service") or {}).get("ModifyIndex")),
+        )
+        for entry in data or ()
+    )
+
+
+def parse_node_services(data: Any, *, where: str) -> list[tuple[str, list[str], InstanceVersion]]:
+    """Parse ``/v1/catalog/node/<node>``: (service name, tags, version) per instance.
+
+    An unknown node (deregistered since the node list was read) answers ``null``.
+    """
+    shape = GoJSONReader(where)
+    if data is None:
+        return []
+    answer = shape.obj(data, "answer")
+    node = shape.text(shape.obj(answer.get("Node"), "Node").get("Node"), "Node.Node")
+    result = []
+    for service_id, svc in shape.obj(answer.get("Services"), "Services").items():
+        svc = shape.obj(svc, f"Services[{service_id!r}]")
+        name = shape.text(svc.get("Service"), f"Services[{service_id!r}].Service")
+        tags = shape.strings(svc.get("Tags"), f"Services[{service_id!r}].Tags")
+        result.append((name, tags, (node, str(service_id), str(svc.get("ModifyIndex")))))
+    return result
+
+
 Catalog = dict[str, list[str]]  # service name -> tags
 Checks = dict[tuple[str, str], tuple[str, str, str, int]]  # (node, check id) -> state
 Nodes = dict[str, tuple[str, ...]]  # node name -> state

@@ -11,12 +11,18 @@ sdbridge keeps three long-polls whatever N is:
 
 When the checks or the nodes change, only the services they touch are re-read
 (a node-level check or a node change touches every service on that node). A move of
-the catalog index cannot be traced to a service by any documented bulk endpoint, so it
-re-reads every selected service (a "sweep"), at most once per ``refresh_interval`` —
-the same throttle Prometheus applies to each of its per-service long-polls; a new
-service is read at once. A sweep runs beside the targeted reads, never in front of
-them; reads run with bounded concurrency (``max_concurrency`` each), and a read whose
-X-Consul-Index did not move is reused without decoding it.
+the catalog index cannot be traced to a service by any documented bulk endpoint (a
+re-registration that changes only a port moves no check), so it starts a "sweep", at
+most once per ``refresh_interval`` — the same throttle Prometheus applies to each of its
+per-service long-polls; a new service is read at once. A sweep finds the changed
+services by node when there are fewer nodes than services (the usual case: many
+services per agent): ``/v1/catalog/node/<node>`` lists each instance on the node with
+its ModifyIndex, and only the services whose instances' (node, ID, ModifyIndex) differ
+from their last read are re-read. Otherwise (or with ``health_filter``, whose instances
+the node answers cannot select) it re-reads every selected service. A sweep runs beside
+the targeted reads, never in front of them; reads run with bounded concurrency
+(``max_concurrency`` each), and a read whose X-Consul-Index did not move is reused
+without decoding it.
 
 Every resync is all-or-nothing: if one read fails, nothing is sent and the job keeps its
 last good targets; the services stay pending and are retried with backoff. After any
@@ -50,16 +56,21 @@ from .labels import (
     Catalog,
     Checks,
     Instance,
+    InstanceVersion,
     Nodes,
+    parse_node_services,
+    parse_nodes,
     parse_service_nodes,
+    service_versions,
 )
 
 _ERROR_BACKOFF = (1.0, 30.0)
 _THROTTLED_BACKOFF = (5.0, 120.0)  # HTTP 429: Consul's per-client connection limit
 # A write that moves the catalog usually moves the checks too (same raft index); wait this
 # long for the other long-polls, so their cheap targeted reads go (and get published)
-# before a sweep takes the CPU.
+# before a sweep of every service takes the CPU. A sweep by node is light: it waits less.
 _SWEEP_SETTLE = 0.3
+_NODE_SWEEP_SETTLE = 0.02
 # Two blocking queries of one kind start at least this far apart: under churn, answers
 # are coalesced instead of re-downloaded back to back, and a server that answers at once
 # without a new index (hashicorp/consul#3712) is not hammered.
@@ -278,14 +289,44 @@ class _Watch:
                     await sweep_task
 
     async def _sweep(self, send: Send) -> None:
-        """Re-read every selected service; report the outcome as an event."""
+        """Re-read every selected service that may have changed; report the outcome as an
+        event."""
         self.last_sweep = started = time.monotonic()
         try:
-            await self._resync(send, sorted(self.catalog), self.sweep_slots)
+            if self._sweep_by_node():
+                names = await self._changed_services()
+            else:
+                names = sorted(self.catalog)
+            if names:
+                await self._resync(send, names, self.sweep_slots)
         except DiscoveryError as exc:
             self.events.put_nowait(_Event(_SWEEP_DONE, error=exc, started=started))
         else:
             self.events.put_nowait(_Event(_SWEEP_DONE, started=started))
+
+    def _sweep_by_node(self) -> bool:
+        # The node answers list every instance, unfiltered: health_filter cannot be applied.
+        return not self.config.health_filter and len(self.nodes) < len(self.catalog)
+
+    async def _changed_services(self) -> list[str]:
+        """The selected services whose instances differ, by (node, ID, ModifyIndex), from
+        their last read: a fresh node list, then each node's services."""
+        params = self.client.scope(self.datacenter)
+        # A fresh list, not the nodes long-poll's: a node registered with the service being
+        # looked for may not have reached that long-poll yet.
+        nodes = parse_nodes((await self.client.get(POLLS["nodes"], params)).data)
+        node_params = [p for p in params if p[0] != "node-meta"]  # the nodes are selected
+        paths = ["/v1/catalog/node/" + _quote(node) for node in sorted(nodes)]
+        found: dict[str, set[InstanceVersion]] = {}
+        for answer in await self._read_all(paths, node_params, self.sweep_slots):
+            for name, tags, version in parse_node_services(answer.data, where=answer.where):
+                if name in self.catalog and all(tag in tags for tag in self.config.tags):
+                    found.setdefault(name, set()).add(version)
+        return [
+            name
+            for name in sorted(self.catalog)
+            if (read := self.reads.get(name)) is None or read[1][3] != found.get(name, set())
+        ]
 
     def _sweep_done(self, event: _Event, pending: _Pending, backoff: Backoff) -> None:
         duration = time.monotonic() - event.started
@@ -332,7 +373,8 @@ class _Watch:
             pending.prune = pending.prune or bool(before - set(self.catalog))
             # Re-registrations move this index without telling which service: sweep.
             pending.sweep = True
-            self.sweep_not_before = time.monotonic() + _SWEEP_SETTLE
+            settle = _NODE_SWEEP_SETTLE if self._sweep_by_node() else _SWEEP_SETTLE
+            self.sweep_not_before = time.monotonic() + settle
         elif event.kind == "checks":
             pending.services |= self._apply_checks(event.parsed)
         else:
@@ -400,7 +442,7 @@ class _Watch:
                 reads[name] = (answer.index, changed[name])
             groups = {n: g for n, g in self.groups.items() if n in self.catalog}
             service_nodes = {n: s for n, s in self.service_nodes.items() if n in self.catalog}
-            for name, (group, nodes, problems) in changed.items():
+            for name, (group, nodes, problems, _) in changed.items():
                 service_nodes[name] = nodes
                 previous = self.reads.get(name)
                 if problems and (previous is None or previous[1][2] != problems):
@@ -416,39 +458,47 @@ class _Watch:
             await send(changes)
 
     async def _read_services(self, names: list[str], slots: asyncio.Semaphore) -> dict[str, Answer]:
-        async def read(name: str) -> Answer:
+        params = self.client.scope(self.datacenter)
+        params.extend(("tag", tag) for tag in self.config.tags)
+        if self.config.health_filter:
+            params.append(("filter", self.config.health_filter))
+        paths = ["/v1/health/service/" + _quote(name) for name in names]
+        answers = await self._read_all(paths, params, slots)
+        return dict(zip(names, answers, strict=True))
+
+    async def _read_all(
+        self, paths: list[str], params: list[tuple[str, str]], slots: asyncio.Semaphore
+    ) -> list[Answer]:
+        """GET every path, at most ``slots`` at once; one failure fails them all."""
+
+        async def read(path: str) -> Answer:
             async with slots:
-                return await self._read_service(name)
+                return await self.client.get(path, params)
 
         tasks: list[asyncio.Task[Answer]] = []
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(read(name)) for name in names]
+                tasks = [group.create_task(read(path)) for path in paths]
         except* DiscoveryError as failures:
             # One failure fails the resync; report the first, count the rest.
             first = failures.exceptions[0]
             more = len(failures.exceptions) - 1
             suffix = f" (and {more} more failed read(s))" if more else ""
             raise BackendError(f"{first}{suffix}") from first
-        return {name: task.result() for name, task in zip(names, tasks, strict=True)}
-
-    async def _read_service(self, name: str) -> Answer:
-        params = self.client.scope(self.datacenter)
-        params.extend(("tag", tag) for tag in self.config.tags)
-        if self.config.health_filter:
-            params.append(("filter", self.config.health_filter))
-        return await self.client.get("/v1/health/service/" + _quote(name), params)
+        return [task.result() for task in tasks]
 
     def _service_read(self, name: str, answer: Answer) -> _ServiceRead:
         """Build a service's group from its answer; BackendError on a bad shape."""
+        data = answer.data
         instances = parse_service_nodes(
-            answer.data, service=name, tag_separator=self.config.tag_separator, where=answer.where
+            data, service=name, tag_separator=self.config.tag_separator, where=answer.where
         )
+        versions = service_versions(data)
         problems = [i for i in instances if isinstance(i, str)]
         good = [i for i in instances if isinstance(i, Instance)]
         nodes = frozenset(i.node for i in good)
         if not good:
-            return None, nodes, problems
+            return None, nodes, problems, versions
         targets = sorted(
             (i.labels for i in good), key=lambda t: (t[ADDRESS_LABEL], t.get(SERVICE_ID, ""))
         )
@@ -456,10 +506,12 @@ class _Watch:
         group = TargetGroup(
             source=name, targets=tuple(targets), labels={k: v for k, v in labels.items() if v}
         )
-        return group, nodes, problems
+        return group, nodes, problems, versions
 
 
-_ServiceRead = tuple[TargetGroup | None, frozenset[str], list[str]]
+# A service's group (None: no valid instance), its nodes, its invalid instances, and the
+# versions of its instances.
+_ServiceRead = tuple[TargetGroup | None, frozenset[str], list[str], frozenset[InstanceVersion]]
 
 
 def _drain(queue: asyncio.Queue[_Event]) -> list[_Event]:
