@@ -257,6 +257,7 @@ class ConsulDouble(ThreadedServer, FaultInjector):
         self._views_cache: (
             tuple[int, dict[str, list[tuple[str, str]]], dict[str, list[dict[str, Any]]]] | None
         ) = None
+        self._by_node_cache: tuple[int, dict[str, list[tuple[str, dict[str, Any]]]]] | None = None
         self._agents: dict[int, str] = {}  # id(transport) -> User-Agent of its requests
         self.requests: Counter[str] = Counter()
         self.requests_by_agent: Counter[str] = Counter()
@@ -433,6 +434,17 @@ class ConsulDouble(ThreadedServer, FaultInjector):
             checks_by_node.setdefault(node, []).append(check)
         self._views_cache = (self._version, by_service, checks_by_node)
         return by_service, checks_by_node
+
+    def _services_by_node(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """Instances (ID, row) by node, sorted by ID, rebuilt once per change."""
+        cache = self._by_node_cache
+        if cache is not None and cache[0] == self._version:
+            return cache[1]
+        by_node: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for (node, service_id), svc in sorted(self._services.items()):
+            by_node.setdefault(node, []).append((service_id, svc))
+        self._by_node_cache = (self._version, by_node)
+        return by_node
 
     def _services_of_node(self, node: str) -> set[str]:
         return {s["Service"] for (n, _), s in self._services.items() if n == node}
@@ -910,8 +922,8 @@ class ConsulDouble(ThreadedServer, FaultInjector):
                 return None
             services = {
                 service_id: svc
-                for (node_name, service_id), svc in sorted(self._services.items())
-                if node_name == name and self._namespace_ok(request, svc)
+                for service_id, svc in self._services_by_node().get(name, [])
+                if self._namespace_ok(request, svc)
             }
             return {"Node": node, "Services": services}
 
