@@ -317,12 +317,17 @@ async def test_idle_load_is_constant_whatever_the_number_of_services(consul: Con
         }
 
 
+async def _settle(consul: ConsulDouble, h: Harness, services: int) -> None:
+    """Wait for every service and the three long-polls outstanding; reset the counters."""
+    await h.wait_for(lambda: len(h.groups) == services, f"{services} services")
+    await h.wait_for(lambda: consul.waiting == 3, "long-polls outstanding")
+    consul.reset_counters()
+
+
 async def test_a_check_change_rereads_only_its_service(consul: ConsulDouble) -> None:
     consul.load(_web_dataset(instances=2, services=20))
     async with discovering(consul) as h:
-        await h.wait_for(lambda: len(h.groups) == 20, "20 services")
-        await h.wait_for(lambda: consul.waiting == 3, "long-polls outstanding")
-        consul.reset_counters()
+        await _settle(consul, h, 20)
         consul.set_check_status("node1", "check-svc7-1", "critical")
         await h.wait_for(
             lambda: h.targets()["svc7-1"].get("__meta_consul_health") == "critical", "critical"
@@ -336,9 +341,7 @@ async def test_a_port_only_reregistration_is_found_by_node(consul: ConsulDouble)
     # go on; the nodes' answers tell which service moved, without reading every service.
     consul.load(_web_dataset(instances=2, services=40))
     async with discovering(consul) as h:
-        await h.wait_for(lambda: len(h.groups) == 40, "40 services")
-        await h.wait_for(lambda: consul.waiting == 3, "long-polls outstanding")
-        consul.reset_counters()
+        await _settle(consul, h, 40)
         consul.register_service("node1", "svc23", 7023, service_id="svc23-1", tags=["t1"])
         await h.wait_for(
             lambda: h.targets()["svc23-1"]["__address__"] == "127.0.0.2:7023", "the new port"
