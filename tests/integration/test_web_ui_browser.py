@@ -25,6 +25,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.servers.common import require_binary, wait_until
 from tests.servers.sdbridge import Sdbridge
 
+pytestmark = pytest.mark.browser
+
 TARGETS = 10_000
 ENVS = ("prod", "dev", "staging")
 

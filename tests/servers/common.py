@@ -30,8 +30,34 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+# Set (by tests/conftest.py) when pytest runs the fast tier, ``-m "not server"``.
+FAST_TIER_ENV = "SDBRIDGE_FAST_TIER"
+
+# The binaries of real servers (and of root-only tools) that the fast tier never starts.
+SERVER_BINARIES = {
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "etcd": "etcd",
+    "etcdctl": "etcd",
+    "java": "zookeeper",
+    "dockerd": "docker",
+    "docker": "docker",
+    "docker-compose": "docker",
+    "vmagent": "vmagent",
+    "chromium": "browser",
+    "chromedriver": "browser",
+    "mmdebstrap": "docker",
+}
+
+
 def require_binary(name: str) -> str:
-    """The path of ``name``; fail (not skip) when it is missing: scripts/test installs it."""
+    """The path of ``name``; fail (not skip) when it is missing: scripts/test installs it.
+
+    In the fast tier a server's binary is refused: the test that asked lacks its marker.
+    """
+    marker = SERVER_BINARIES.get(name)
+    if marker is not None and os.environ.get(FAST_TIER_ENV):
+        pytest.fail(f"this test starts {name}: mark it @pytest.mark.{marker}")
     path = shutil.which(name) or next(
         (p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.path.exists(p)), None
     )

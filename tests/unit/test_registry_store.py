@@ -26,6 +26,7 @@ from sdbridge.discovery.registry import (
 from sdbridge.errors import BackendError
 from sdbridge.job import Job
 from sdbridge.model import TargetGroup, is_valid_label_name
+from sdbridge.registry import store as store_module
 from sdbridge.registry.store import (
     RegistrationError,
     Store,
@@ -80,7 +81,24 @@ async def test_put_get_delete(store: Store) -> None:
     assert store.get(("web", "a")) is None
 
 
-async def test_registrations_survive_reopen_and_ttl_keeps_counting(tmp_path: Path) -> None:
+class ShiftedClock:
+    """The store module's ``time``, with a wall clock the test moves forward at will."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+async def test_registrations_survive_reopen_and_ttl_keeps_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ShiftedClock()
+    monkeypatch.setattr(store_module, "time", clock)
     path = db_path(tmp_path)
     store = await Store.open(path)
     kept, _ = await store.put("web", "long", "127.0.0.1:80", {"a": "b"}, 3600)
@@ -88,7 +106,7 @@ async def test_registrations_survive_reopen_and_ttl_keeps_counting(tmp_path: Pat
     await store.close()
 
     # While "sdbridge" is stopped, the short ttl runs out; the long one keeps its expiry.
-    await asyncio.sleep(1.2)
+    clock.offset = 60.0
     reopened = await Store.open(path)
     try:
         assert [i.instance for i in reopened.instances()] == ["long"]
