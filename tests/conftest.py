@@ -29,7 +29,9 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "sdbridge"))
 
 # The markers that take a test out of the fast tier; each one implies ``server``.
-SERVER_MARKERS = ("prometheus", "docker", "etcd", "zookeeper", "vmagent", "root", "browser")
+SERVER_MARKERS = (
+    "prometheus", "docker", "etcd", "zookeeper", "vmagent", "root", "browser", "release",
+)  # fmt: skip
 
 # Fixtures that start (or borrow) a real server or need root, and the marker they imply.
 FIXTURE_MARKERS = {

@@ -29,6 +29,7 @@ from .logfmt import setup_logging
 from .masking import mask_text
 from .preflight import preflight
 from .registry import client as registry_client
+from .version import version_text
 from .web import flags as web_flags
 from .web import registry_api
 from .web.server import DEFAULT_LISTEN_ADDRESS, start_server
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=_Help,
     )
     parser.add_argument(
-        "--version", action="version", version=f"sdbridge {__version__}", help="print the version"
+        "--version", action="version", version=version_text(), help="print the version and revision"
     )
     _log_flags(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

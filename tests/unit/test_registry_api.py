@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -341,7 +342,7 @@ async def test_registration_reaches_http_sd(tmp_path: Path) -> None:
         await server.close()  # first, as `sdbridge run` does: it deregisters sdbridge itself
         await daemon.stop()
     # sdbridge deregisters itself when it stops; the other registration stays.
-    with sqlite3.connect(db_path(tmp_path / "data")) as db:
+    with contextlib.closing(sqlite3.connect(db_path(tmp_path / "data"))) as db:
         assert db.execute("SELECT service, instance FROM instances").fetchall() == [("node", "n1")]
 
 

@@ -117,7 +117,7 @@ async def test_registrations_survive_reopen_and_ttl_keeps_counting(
     finally:
         await reopened.close()
     # And the expired row is gone from the database itself.
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT instance FROM instances").fetchall() == [("long",)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
@@ -397,7 +397,7 @@ async def test_heartbeats_are_written_behind_and_flushed_on_close(tmp_path: Path
     path = db_path(tmp_path)
 
     def expiry_on_disk() -> float:
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db:
             return float(db.execute("SELECT expires_at FROM instances").fetchone()[0])
 
     store = await Store.open(path)

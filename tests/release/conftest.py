@@ -1,0 +1,68 @@
+"""The release artefacts, built once per session from this checkout.
+
+``release_dist`` runs ``python -m build`` (an sdist, then the wheel built from it, as a
+release does) into a temporary directory; ``wheelhouse`` adds the wheels of every
+dependency (``pip wheel``), so a venv or an image build can install with ``--no-index``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ReleaseDist:
+    """The sdist and wheel of one build."""
+
+    directory: Path
+    sdist: Path
+    wheel: Path
+
+
+def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run a command; fail the test with its output when it fails."""
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(map(str, argv))} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
+    return result  # type: ignore[no-any-return]
+
+
+def git_head() -> str:
+    """The commit this checkout is at."""
+    return run(["git", "rev-parse", "HEAD"], cwd=ROOT).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def release_dist(tmp_path_factory: pytest.TempPathFactory) -> ReleaseDist:
+    out = tmp_path_factory.mktemp("dist")
+    run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], cwd=ROOT)
+    (sdist,) = out.glob("sdbridge-*.tar.gz")
+    (wheel,) = out.glob("sdbridge-*.whl")
+    return ReleaseDist(out, sdist, wheel)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(release_dist: ReleaseDist) -> Path:
+    house = release_dist.directory / "wheelhouse"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--wheel-dir",
+            str(house),
+            str(release_dist.wheel),
+        ]
+    )
+    return house
