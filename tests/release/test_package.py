@@ -71,9 +71,7 @@ def test_every_example_config_passes_check(installed: Path, tmp_path: Path) -> N
     configs = example_configs()
     assert len(configs) >= 2
     for config in configs:
-        result = run(
-            [str(installed / "sdbridge"), "check", str(config)], cwd=tmp_path
-        )
+        result = run([str(installed / "sdbridge"), "check", str(config)], cwd=tmp_path)
         assert "OK" in result.stdout, config
 
 
