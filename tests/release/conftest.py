@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ..servers.dockerd import DockerEngine, docker_engine  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,3 +69,20 @@ def wheelhouse(release_dist: ReleaseDist) -> Path:
         ]
     )
     return house
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine: DockerEngine) -> str:  # noqa: F811
+    """The local Debian base image (cached between runs, see images.py)."""
+    from .images import local_base
+
+    return local_base(docker_engine)
+
+
+@pytest.fixture(scope="session")
+def sdbridge_image(docker_engine: DockerEngine, base_image: str, wheelhouse: Path) -> Iterator[str]:  # noqa: F811
+    """The root Dockerfile built on the local base from the wheelhouse; removed at the end."""
+    from .images import sdbridge_image
+
+    with sdbridge_image(docker_engine, base_image, wheelhouse) as tag:
+        yield tag
