@@ -1,10 +1,12 @@
 """Container images for the tests, built with nothing pulled from a registry.
 
 The base is a minimal Debian root filesystem made by ``mmdebstrap`` from Debian's packages
-(python3 and python3-venv), turned into an image by ``docker import``. It is cached in
-the engine between runs as ``sdbridge-test-base:<key>``, the key being a hash of the
-Dockerfile, the Debian release and the package list: a second run does not rebuild it,
-and a changed Dockerfile does (older keys are removed then). Every other image (sdbridge
+(python3 and python3-venv), turned into an image by ``docker import``. Its root filesystem
+is cached between runs in ``~/.cache/sdbridge-tests/base-<key>.tar`` (the engine may be a
+new one each run: the test fixture starts one with a temporary data root when none
+answers), and the image stays in the engine as ``sdbridge-test-base:<key>``; the key is a
+hash of the Dockerfile, the Debian release and the package list. A second run does not
+run mmdebstrap again; a changed Dockerfile does (older keys are removed then). Every other image (sdbridge
 from the root Dockerfile with a host-built wheelhouse, the Consul double, Prometheus) is
 built on it per session and removed at the end. Builds and containers use the host's
 network, and everything listens on 127.0.0.1: nothing connects to a container address.
@@ -61,27 +63,50 @@ def base_key() -> str:
     return digest.hexdigest()[:16]
 
 
+def cache_dir() -> Path:
+    """Where the base's root filesystem is kept between runs (the engine may be new)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = root / "sdbridge-tests"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def base_rootfs(key: str) -> Path:
+    """The cached mmdebstrap tarball for ``key``; made (about 30 s) when missing."""
+    tarball = cache_dir() / f"base-{key}.tar"
+    if tarball.exists():
+        return tarball
+    mmdebstrap = require_binary("mmdebstrap")
+    partial = tarball.with_suffix(".partial.tar")
+    result = subprocess.run(
+        [mmdebstrap, "--quiet", "--variant=minbase",
+         f"--include={','.join(BASE_PACKAGES)}", DEBIAN_RELEASE, str(partial)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        pytest.fail(f"mmdebstrap failed:\n{result.stderr[-3000:]}")
+    partial.rename(tarball)
+    for old in cache_dir().glob("base-*.tar"):
+        if old != tarball:
+            old.unlink(missing_ok=True)
+    return tarball
+
+
 def local_base(engine: DockerEngine) -> str:
-    """The cached local Debian base image; built (about 30 s) when its key is new."""
-    tag = f"{BASE_REPOSITORY}:{base_key()}"
+    """The local Debian base image, imported from the cached root filesystem if missing.
+
+    It stays in the engine on purpose (the cache); older keys are removed.
+    """
+    key = base_key()
+    tag = f"{BASE_REPOSITORY}:{key}"
     with BASE_LOCK.open("ab") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building it right now
         if image_exists(engine, tag):
             return tag
-        mmdebstrap = require_binary("mmdebstrap")
-        with tempfile.TemporaryDirectory(prefix="sdbridge-base-") as work:
-            tarball = Path(work) / "rootfs.tar"
-            result = subprocess.run(
-                [mmdebstrap, "--quiet", "--variant=minbase",
-                 f"--include={','.join(BASE_PACKAGES)}", DEBIAN_RELEASE, str(tarball)],
-                capture_output=True, text=True, timeout=900, check=False,
-            )  # fmt: skip
-            if result.returncode != 0:
-                pytest.fail(f"mmdebstrap failed:\n{result.stderr[-3000:]}")
-            docker(engine, "import", "--change", 'CMD ["/bin/sh"]', str(tarball), tag)
-        for old in docker(
-            engine, "images", "--format", "{{.Repository}}:{{.Tag}}", BASE_REPOSITORY
-        ).split():
+        docker(engine, "import", "--change", 'CMD ["/bin/sh"]', str(base_rootfs(key)), tag)
+        listed = docker(engine, "images", "--format", "{{.Repository}}:{{.Tag}}", BASE_REPOSITORY)
+        for old in listed.split():
             if old != tag:
                 docker(engine, "rmi", old)
         return tag
