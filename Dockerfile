@@ -27,8 +27,8 @@ FROM ${BASE_IMAGE}
 RUN set -eu; \
     useradd --system --uid 10001 --user-group --home-dir /var/lib/sdbridge --no-create-home \
       --shell /usr/sbin/nologin sdbridge; \
-    mkdir -p /etc/sdbridge /var/lib/sdbridge; \
-    chown sdbridge:sdbridge /var/lib/sdbridge
+    mkdir -p /etc/sdbridge /var/lib/sdbridge/targets; \
+    chown -R sdbridge:sdbridge /var/lib/sdbridge
 COPY --from=build /opt/sdbridge /opt/sdbridge
 COPY docker/entrypoint.sh /usr/local/bin/sdbridge-entrypoint
 ENV PATH=/opt/sdbridge/bin:$PATH \
