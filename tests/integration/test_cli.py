@@ -65,7 +65,16 @@ GOOD_JOBS = """\
 def test_version() -> None:
     result = sdbridge("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"sdbridge {__version__}"
+    # The revision it was built from: here a checkout, so git's HEAD (tests/release checks
+    # the one written into the wheel).
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert result.stdout.startswith(f"sdbridge {__version__} (revision {head}")
 
 
 def test_check_ok(workdir: Path) -> None:
