@@ -39,17 +39,7 @@ BASE_LOCK = Path(tempfile.gettempdir()) / "sdbridge-test-base.lock"
 
 def docker(engine: DockerEngine, *args: str, timeout: float = 600) -> str:
     """The docker CLI with the classic builder (Debian's docker.io has no buildx)."""
-    result = subprocess.run(
-        [engine.docker, "-H", engine.host, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
-    )
-    if result.returncode != 0:
-        pytest.fail(f"docker {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr}")
-    return result.stdout.strip()
+    return engine.cli(*args, timeout=timeout, env={"DOCKER_BUILDKIT": "0"})
 
 
 def image_exists(engine: DockerEngine, tag: str) -> bool:

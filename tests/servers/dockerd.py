@@ -20,6 +20,7 @@ import fcntl
 import http.client
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -149,7 +150,7 @@ class DockerEngine:
         """An Engine API call on this engine."""
         return api(method, path, sock=self.sock, **kwargs)
 
-    def cli(self, *args: str, timeout: float = 120) -> str:
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
         """Run the docker CLI against this engine; fail the test on a non-zero exit."""
         result = subprocess.run(
             [self.docker, "-H", self.host, *args],
@@ -157,6 +158,7 @@ class DockerEngine:
             text=True,
             timeout=timeout,
             check=False,
+            env={**os.environ, **env} if env else None,
         )
         if result.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
