@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket as stdlib_socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -228,6 +229,11 @@ async def test_engine_client_negotiates_reads_events_and_explains_failures(
     # A 100 kB event is read whole (no line-length limit); a torn line is skipped.
     assert [event["Type"] for event in events] == ["container", "network"]
     assert paths == ["/version", "/v1.47/services", "/v1.47/events"]
+    # A dockerd that died leaves its socket file behind. Python 3.13's asyncio removes a
+    # unix server's socket on close, so leave one the way a crash does: bound, not listening.
+    socket.unlink(missing_ok=True)
+    with stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM) as stale:
+        stale.bind(str(socket))
     for path, hint in [
         (socket, "connection refused \\(is dockerd running\\?\\)"),  # the engine is gone
         (tmp_path / "absent.sock", "the socket does not exist"),
