@@ -1,8 +1,9 @@
 """Shared fixtures, and the test tiers built on the per-server markers.
 
 Every test that needs a real server carries that server's marker (``prometheus``,
-``docker``, ``etcd``, ``zookeeper``, ``vmagent``), a test that needs root carries ``root``
-and one that drives Debian's chromium carries ``browser``. Tests that use a server's
+``docker``, ``etcd``, ``zookeeper``, ``postgres``, ``mariadb``, ``vmagent``), a test that
+needs root carries ``root``, one that drives Debian's chromium ``browser``, and one that
+builds the release packages ``release``. Tests that use a server's
 fixture get its marker here, so a fixture cannot be used without it. The fast tier
 (``./scripts/test --fast``, or ``pytest -m "not server"``: ``server`` is added to every
 one of those tests) deselects them all, and in that tier :func:`require_binary
@@ -30,7 +31,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "sdbridge"))
 
 # The markers that take a test out of the fast tier; each one implies ``server``.
 SERVER_MARKERS = (
-    "prometheus", "docker", "etcd", "zookeeper", "vmagent", "root", "browser", "release",
+    "prometheus", "docker", "etcd", "zookeeper", "postgres", "mariadb", "vmagent", "root",
+    "browser", "release",
 )  # fmt: skip
 
 # Fixtures that start (or borrow) a real server or need root, and the marker they imply.
@@ -42,6 +44,8 @@ FIXTURE_MARKERS = {
     "etcd_private": "etcd",
     "etcd_tls": "etcd",
     "zookeeper": "zookeeper",
+    "postgres": "postgres",
+    "mariadb": "mariadb",
     "tiny_tmpfs": "root",
 }
 
