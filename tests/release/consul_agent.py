@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from consul_double import ConsulDouble
+from tests.doubles.consul_double import ConsulDouble
 
 NODE = "consul-dev"
 

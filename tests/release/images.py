@@ -150,6 +150,7 @@ def image_from(
         context = Path(work)
         (context / "Dockerfile").write_text(dockerfile)
         for name, source in files.items():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, context / name)
         with built_image(engine, context, what) as tag:
             yield tag

@@ -37,7 +37,9 @@ POOLS = ("consul-file", "consul-http")
 
 DOUBLE_DOCKERFILE = """\
 FROM {base}
-COPY consul_double.py consul_agent.py /opt/consul-double/
+COPY tests /opt/consul-double/tests
+COPY consul_agent.py /opt/consul-double/
+ENV PYTHONPATH=/opt/consul-double
 ENTRYPOINT ["/opt/sdbridge/bin/python", "/opt/consul-double/consul_agent.py"]
 """
 
@@ -53,8 +55,13 @@ ENTRYPOINT ["/bin/prometheus"]
 
 @pytest.fixture(scope="module")
 def double_image(docker_engine: DockerEngine, sdbridge_image: str) -> Iterator[str]:
+    doubles = ROOT / "tests" / "doubles"
     files = {
-        "consul_double.py": ROOT / "tests" / "doubles" / "consul_double.py",
+        "tests/__init__.py": ROOT / "tests" / "__init__.py",
+        **{
+            f"tests/doubles/{name}": doubles / name
+            for name in ("__init__.py", "base.py", "consul_double.py")
+        },
         "consul_agent.py": Path(__file__).with_name("consul_agent.py"),
     }
     dockerfile = DOUBLE_DOCKERFILE.format(base=sdbridge_image)
