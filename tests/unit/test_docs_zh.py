@@ -27,6 +27,8 @@ REQUIRED = [
     ZH_DOCS / "configuration.md",
     ZH_DOCS / "mechanisms" / "etcd.md",
     ZH_DOCS / "mechanisms" / "zookeeper.md",
+    ZH_DOCS / "mechanisms" / "nacos.md",
+    ZH_DOCS / "mechanisms" / "eureka.md",
 ]
 PAGES = sorted({*REQUIRED, *ZH_DOCS.rglob("*.md")})
 _FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
