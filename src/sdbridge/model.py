@@ -85,6 +85,19 @@ _IPV4_RE = re.compile(
 )
 
 
+# The common strict case in one match: a DNS name (not all digits and dots) or an IPv4
+# address, then a port 1..65535 without leading zeros. Whatever it accepts,
+# address_problem accepts too; anything else (IPv6, "0080", ...) takes the full check.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_PLAIN_ADDRESS_RE = re.compile(
+    rf"(?:(?:{_OCTET}\.){{3}}{_OCTET}|(?=[0-9.]*[A-Za-z_-])[A-Za-z0-9_][A-Za-z0-9_.-]{{0,252}})"
+    r":(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+)
+_RESERVED_LABELS = frozenset(
+    (SCHEME_LABEL, SCRAPE_INTERVAL_LABEL, SCRAPE_TIMEOUT_LABEL, PARAM_LABEL_PREFIX)
+)
+
+
 def address_problem(address: str) -> str | None:
     """Why ``address`` is not a plain ``host:port`` (strict), or None if it is one.
 
@@ -173,6 +186,14 @@ def target_problem(labels: Mapping[str, str], *, strict: bool = False) -> str | 
     address = labels.get(ADDRESS_LABEL)
     if not address:
         return f"no {ADDRESS_LABEL}"
+    # Fast path, once per target: a plain host:port and no reserved label at all passes
+    # every strict rule (one regex match and one C-level key check).
+    if (
+        strict
+        and _PLAIN_ADDRESS_RE.fullmatch(address) is not None
+        and labels.keys().isdisjoint(_RESERVED_LABELS)
+    ):
+        return None
     if strict:
         problem = address_problem(address)
         if problem is not None:
