@@ -126,11 +126,13 @@ class FileOutput(SnapshotWriter):
         super().__init__(job, path)
         self.mode = mode
         self.pretty = pretty
+        self._written_etag: str | None = None  # the ETag of _written when we wrote it
 
     async def _prepare(self) -> None:
         for stale in await asyncio.to_thread(remove_stale_temp_files, self.path):
             log.info("removed a temp file left by an earlier run: %s", stale)
         self._written = await asyncio.to_thread(self._read_current)
+        self._written_etag = None
 
     async def write_now(self, snapshot: Snapshot) -> None:
         """Write ``snapshot`` at once (for ``sdbridge once``); raise OutputError on failure."""
@@ -139,12 +141,20 @@ class FileOutput(SnapshotWriter):
         await self._write(snapshot)
 
     async def _write(self, snapshot: Snapshot) -> None:
-        data = await run_publish_work(render_for, self.path, snapshot, pretty=self.pretty)
-        if data == self._written:
+        plain = not self.pretty and self.path.suffix.lower() not in YAML_SUFFIXES
+        if plain:
+            data = snapshot.body  # already rendered: no thread hand-off for nothing
+        else:
+            data = await run_publish_work(render_for, self.path, snapshot, pretty=self.pretty)
+        # Equal bytes give equal ETags, so different ETags mean different bytes: a change
+        # skips comparing the whole body (tens of MB) with what is on disk.
+        known = plain and self._written_etag is not None and self._written_etag != snapshot.etag
+        if not known and data == self._written:
             return
         # Shielded: a shutdown waits for an in-flight write instead of abandoning it.
         await asyncio.shield(run_publish_work(atomic_write, self.path, data, self.mode))
         self._written = data
+        self._written_etag = snapshot.etag if plain else None
         self._published.inc()
         log.debug("wrote %d targets to %s", snapshot.target_count, self.path)
 
