@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import signal
 import ssl
 import tempfile
 import urllib.request
@@ -35,16 +36,31 @@ def _b64(data: str | bytes) -> str:
 
 
 class EtcdServer:
-    """One etcd member; ``stop()`` and ``start()`` keep its ports and data."""
+    """One etcd member; ``stop()`` and ``start()`` keep its ports and data.
+
+    Alone by default; :class:`EtcdCluster` passes ``name``, its ports and ``initial_cluster``
+    (and ``start=False``, since a member of a new cluster only turns healthy with a quorum).
+    """
 
     def __init__(
-        self, workdir: Path, *, extra_args: Sequence[str] = (), tls: SelfSigned | None = None
+        self,
+        workdir: Path,
+        *,
+        extra_args: Sequence[str] = (),
+        tls: SelfSigned | None = None,
+        name: str = "sdbridge-test",
+        ports: tuple[int, int] | None = None,
+        initial_cluster: str | None = None,
+        start: bool = True,
     ) -> None:
         self.workdir = workdir
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        while self.peer_port == self.client_port:
-            self.peer_port = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        if ports is None:
+            ports = _two_ports()
+        self.client_port, self.peer_port = ports
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         scheme = "https" if tls is not None else "http"
         self.url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.extra_args = list(extra_args)
@@ -54,28 +70,31 @@ class EtcdServer:
             self.ssl_context = ssl.create_default_context(cafile=str(tls.cert))
         self.process: ManagedProcess | None = None
         self.token: str | None = None  # set by enable_auth()
-        self.start()
+        if start:
+            self.start()
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start etcd and wait until it reports healthy."""
-        peer = f"http://127.0.0.1:{self.peer_port}"
+    def start(self, timeout: float = 60.0, *, wait: bool = True) -> None:
+        """Start etcd and (unless ``wait`` is false) wait until it reports healthy."""
+        peer = self.peer_url
         self.process = ManagedProcess(
             [
                 require_binary("etcd"),
-                "--name=sdbridge-test",
+                f"--name={self.name}",
                 f"--data-dir={self.workdir / 'data'}",
                 f"--listen-client-urls={self.url}",
                 f"--advertise-client-urls={self.url}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=sdbridge-test={peer}",
+                f"--initial-cluster={self.initial_cluster}",
+                "--initial-cluster-token=sdbridge-test",
                 # Short enough that a test sees progress notifications.
                 "--experimental-watch-progress-notify-interval=1s",
                 *self.extra_args,
             ],
             log_path=self.workdir / "etcd.log",
         )
-        wait_until(self.healthy, timeout=timeout, what="etcd healthy")
+        if wait:
+            wait_until(self.healthy, timeout=timeout, what=f"etcd {self.name} healthy")
 
     def healthy(self) -> bool:
         """Whether etcd answers /health with a healthy status."""
@@ -97,6 +116,13 @@ class EtcdServer:
         """Stop and start again on the same ports and data directory."""
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """``kill -9`` the member: no shutdown, its data stays for :meth:`start`."""
+        if self.process is not None:
+            self.process.signal(signal.SIGKILL)
+            self.process.stop()  # reaps it and closes the log
+            self.process = None
 
     # --- the v3 JSON gateway ---------------------------------------------------------
 
@@ -162,6 +188,82 @@ class EtcdServer:
         revision = revision if revision is not None else self.revision()
         self.call("/v3/kv/compaction", {"revision": revision, "physical": True})
         return revision
+
+
+def _two_ports() -> tuple[int, int]:
+    client = free_port()
+    peer = free_port()
+    while peer == client:
+        peer = free_port()
+    return client, peer
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback ports, one temporary data directory each.
+
+    ``members[i].kill()`` is a ``kill -9``; ``members[i].start()`` brings it back on the
+    same ports and data. ``endpoints`` are the client URLs, for ``registry.etcd`` or
+    ``etcd_sd_configs``; :meth:`call` sends to the first healthy member.
+    """
+
+    def __init__(self, workdir: Path, size: int = 3) -> None:
+        self.workdir = workdir
+        names = [f"sdbridge-test-{i}" for i in range(size)]
+        ports: list[tuple[int, int]] = []
+        while len(ports) < size:
+            pair = _two_ports()
+            if not any(set(pair) & set(other) for other in ports):
+                ports.append(pair)
+        initial = ",".join(
+            f"{name}=http://127.0.0.1:{peer}" for name, (_, peer) in zip(names, ports, strict=True)
+        )
+        self.members = [
+            EtcdServer(workdir / name, name=name, ports=pair, initial_cluster=initial, start=False)
+            for name, pair in zip(names, ports, strict=True)
+        ]
+        for member in self.members:  # all at once: none is healthy before a quorum
+            member.start(wait=False)
+        for member in self.members:
+            wait_until(member.healthy, timeout=60, what=f"etcd {member.name} healthy")
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every member's client URL."""
+        return [member.url for member in self.members]
+
+    def up(self) -> list[EtcdServer]:
+        """The members that answer healthy now."""
+        return [m for m in self.members if m.process is not None and m.healthy()]
+
+    def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST to the gateway of the first healthy member."""
+        for member in self.up():
+            return member.call(path, body)
+        raise AssertionError("no etcd member is healthy")
+
+    def stop(self) -> None:
+        """Stop every member."""
+        for member in self.members:
+            member.stop()
+
+
+def etcd_cluster(size: int = 3) -> Iterator[EtcdCluster]:
+    """A cluster in a temporary directory, removed with its data afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="sdbridge-etcd-cluster-"))
+    cluster: EtcdCluster | None = None
+    try:
+        cluster = EtcdCluster(workdir, size)
+        yield cluster
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd_cluster3() -> Iterator[EtcdCluster]:
+    """A three-member etcd cluster of the test's own (members may be killed)."""
+    yield from etcd_cluster(3)
 
 
 def etcd_server(*, extra_args: Sequence[str] = (), tls: bool = False) -> Iterator[EtcdServer]:
