@@ -127,6 +127,18 @@ REGISTRY_INSTANCES = Gauge(
 REGISTRY_EXPIRED = Counter(
     "sdbridge_registry_expired_total", "Registry instances removed because their TTL ran out."
 )
+REGISTRY_WRITABLE = Gauge(
+    "sdbridge_registry_writable",
+    "1 while the registry's backend commits writes, 0 after a write (or health check) failed.",
+)
+REGISTRY_INVALID_KEYS = Gauge(
+    "sdbridge_registry_invalid_keys",
+    "Keys under the etcd registry prefix skipped because they hold no sdbridge registration.",
+)
+REGISTRY_ETCD_REQUESTS = Counter(
+    "sdbridge_registry_etcd_requests_total",
+    "Requests the registry's etcd backend sent to etcd (writes, keep-alives, lists, watches).",
+)
 REGISTRY_REQUESTS = Counter(
     "sdbridge_registry_requests_total",
     "Requests to /api/v1/registry, by operation (put, heartbeat, delete, get) and status code.",

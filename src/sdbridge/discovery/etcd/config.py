@@ -89,24 +89,18 @@ class JSONFields(MechanismConfig):
         return self
 
 
-class EtcdSDConfig(RefreshConfig):
-    """One ``etcd_sd_configs`` entry."""
+class EtcdClientConfig(MechanismConfig):
+    """How to reach etcd: shared by ``etcd_sd_configs`` and ``registry.etcd``."""
 
     endpoints: list[str] = Field(
         min_length=1, description="etcd client URLs, e.g. http://127.0.0.1:2379"
     )
-    prefix: str = Field(min_length=1, description="key prefix to list and watch")
-    layout: Layout = Field(description="how values are written, by which framework")
-    fields: JSONFields | None = Field(None, description="the json layout's field paths")
-    coredns_path: str = Field("/skydns", description="CoreDNS etcd plugin's path")
     username: str | None = None
     password: SecretStr | None = None
     tls_config: TLSConfig | None = None
     dial_timeout: Duration = Field(5.0, description="timeout to connect to an endpoint")
     request_timeout: Duration = Field(30.0, description="timeout of one range request")
     page_size: int = Field(10_000, ge=1, le=1_000_000, description="keys per range request")
-    watch: bool = Field(True, description="watch for changes; false: poll refresh_interval")
-    refresh_interval: Duration = Field(30.0, description="poll interval when watch is false")
 
     @field_validator("endpoints")
     @classmethod
@@ -117,6 +111,28 @@ class EtcdSDConfig(RefreshConfig):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"endpoint {endpoint!r} must be http(s)://host:port")
         return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be given together")
+        return self
+
+    def urls(self) -> list[str]:
+        """The endpoints as base URLs; a bare host:port gets http, or https with TLS."""
+        scheme = "https" if self.tls_config is not None else "http"
+        return [(e if "://" in e else f"{scheme}://{e}").rstrip("/") for e in self.endpoints]
+
+
+class EtcdSDConfig(RefreshConfig, EtcdClientConfig):
+    """One ``etcd_sd_configs`` entry."""
+
+    prefix: str = Field(min_length=1, description="key prefix to list and watch")
+    layout: Layout = Field(description="how values are written, by which framework")
+    fields: JSONFields | None = Field(None, description="the json layout's field paths")
+    coredns_path: str = Field("/skydns", description="CoreDNS etcd plugin's path")
+    watch: bool = Field(True, description="watch for changes; false: poll refresh_interval")
+    refresh_interval: Duration = Field(30.0, description="poll interval when watch is false")
 
     @field_validator("coredns_path")
     @classmethod
@@ -131,13 +147,6 @@ class EtcdSDConfig(RefreshConfig):
             raise ValueError("layout json needs fields (address, or host and port)")
         if self.layout != "json" and self.fields is not None:
             raise ValueError(f"fields applies to layout json only, not {self.layout}")
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password must be given together")
         if self.layout == "coredns" and not self.prefix.startswith(self.coredns_path):
             raise ValueError(f"prefix {self.prefix!r} is not under coredns_path")
         return self
-
-    def urls(self) -> list[str]:
-        """The endpoints as base URLs; a bare host:port gets http, or https with TLS."""
-        scheme = "https" if self.tls_config is not None else "http"
-        return [(e if "://" in e else f"{scheme}://{e}").rstrip("/") for e in self.endpoints]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,7 @@ from .._http import (
     enable_tcp_keepalive,
     read_lines,
 )
-from ..base import DiscoveryContext
-from .config import EtcdSDConfig
+from .config import EtcdClientConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +89,9 @@ class Gateway:
     a 5xx or a broken watch. Close it with :meth:`close`.
     """
 
-    def __init__(self, config: EtcdSDConfig, context: DiscoveryContext) -> None:
+    def __init__(
+        self, config: EtcdClientConfig, count_request: Callable[[], None] | None = None
+    ) -> None:
         self.config = config
         self.urls = config.urls()
         self._current = 0
@@ -103,7 +104,7 @@ class Gateway:
             timeout=config.request_timeout,
             connect_timeout=config.dial_timeout,
             limit=4,
-            count_request=context.count_request,
+            count_request=count_request,
         )
 
     async def close(self) -> None:
@@ -129,6 +130,10 @@ class Gateway:
             answer = await self._post("/v3/auth/authenticate", body, auth=False)
             self._token = str(answer.get("token", ""))
         return {"Authorization": self._token}
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to a gateway path (``/v3/kv/txn``, ``/v3/lease/grant`` ...)."""
+        return await self._post(path, body)
 
     async def _post(self, path: str, body: dict[str, Any], *, auth: bool = True) -> dict[str, Any]:
         headers = await self._headers() if auth else {}

@@ -42,7 +42,7 @@ class EtcdDiscoverer(RefreshDiscoverer[EtcdSDConfig]):
 
     async def run(self, send: Send) -> None:
         """Watch (or, with ``watch: false``, poll) until cancelled."""
-        self._gateway = Gateway(self.config, self.context)
+        self._gateway = Gateway(self.config, self.context.count_request)
         try:
             if self.config.watch:
                 await self._watch_loop(self._gateway, send)
