@@ -243,7 +243,7 @@ class EtcdStore:
         seconds = lease_ttl(ttl)
         now = time.time()
         previous = self.get((service, instance))
-        registered_at = previous.registered_at if previous is not None else now
+        registered_at = previous.registered_at if previous is not None else round(now, 3)
         grant = await self._write("/v3/lease/grant", {"TTL": seconds})
         lease = int(grant.get("ID", 0))
         if not lease:
