@@ -45,7 +45,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self.on_jobs_changed: list[Callable[[Daemon], Any]] = []
         # The built-in registry's store, shared by its API and registry_sd_configs jobs.
-        self.registry_store = StoreHandle()
+        self.registry_store = StoreHandle(getattr(config, "registry", None))
 
     def _require_path(self) -> Path:
         if self.config_path is None:
@@ -136,6 +136,11 @@ class Daemon:
         Returns how many jobs were kept, restarted, removed and added.
         """
         global_changed = new.global_ != self.config.global_
+        registry = getattr(new, "registry", None)
+        if registry is not None and _backend(registry) != _backend(self.config):
+            # Another registry backend: jobs restart to follow the new store.
+            self.registry_store.configure(registry)
+            global_changed = True
         wanted = {job.name: job for job in new.jobs}
         restarted = removed = 0
         for name in list(self.jobs):
@@ -160,6 +165,12 @@ class Daemon:
         for name in list(self.jobs):
             await self._stop_job(name)
         await self.registry_store.close()
+
+
+def _backend(config: object) -> object:
+    """Where the built-in registry keeps its data, per the ``registry:`` section."""
+    registry = getattr(config, "registry", config)
+    return (getattr(registry, "backend", None), getattr(registry, "etcd", None))
 
 
 def partial_log_crash(name: str) -> Callable[[asyncio.Task[None]], None]:

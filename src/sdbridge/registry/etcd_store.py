@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import aiohttp
 import orjson
 
 from .. import metrics
@@ -209,13 +210,19 @@ class EtcdStore:
         """One etcd request; a write's failure is kept for the health endpoint."""
         if self._closed:
             raise BackendError(f"registry store {self.path} is closed")
-        try:
-            answer = await self._gateway.post(path, body)
-        except BackendError as exc:
-            self._write_failed(exc)
-            raise BackendError(f"cannot commit to etcd: {describe(exc)}") from exc
-        self._write_ok()
-        return answer
+        for attempt in range(len(self._gateway.urls)):
+            try:
+                answer = await self._gateway.post(path, body)
+            except BackendError as exc:
+                # Refused before anything was sent: the gateway moved on to the next endpoint.
+                unsent = isinstance(exc.__cause__, aiohttp.ClientConnectorError)
+                if unsent and attempt + 1 < len(self._gateway.urls):
+                    continue
+                self._write_failed(exc)
+                raise BackendError(f"cannot commit to etcd: {describe(exc)}") from exc
+            self._write_ok()
+            return answer
+        raise AssertionError("unreachable: every attempt returns or raises")
 
     def _write_failed(self, exc: Exception) -> None:
         if self.write_error is None:

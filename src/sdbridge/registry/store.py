@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
@@ -49,6 +49,9 @@ from ..model import (
     is_valid_label_name,
     reserved_label_problem,
 )
+
+if TYPE_CHECKING:
+    from .config import RegistryConfig, RegistryEtcdConfig
 
 log = logging.getLogger("sdbridge.registry")
 
@@ -464,6 +467,10 @@ class Store:
             raise BackendError(f"registry database {self.path}: {exc}") from exc
         return counts
 
+    async def check_writable(self) -> str | None:
+        """None while the database takes writes (it is open), else why not."""
+        return f"registry database {self.path} is closed" if self._closed else None
+
     # --- reads ----------------------------------------------------------------------
 
     def instances(self, service: str | None = None) -> list[Instance]:
@@ -679,36 +686,72 @@ def db_path(data_dir: Path) -> Path:
     return Path(os.path.abspath(data_dir / DB_FILE))  # no filesystem access, unlike resolve()
 
 
+class RegistryStore(Protocol):
+    """What the API and ``registry_sd_configs`` use of a store, whichever its backend."""
+
+    path: Any  # where it keeps its data, for messages and to tell stores apart
+
+    def instances(self, service: str | None = None) -> list[Instance]: ...
+    def get(self, key: Key) -> Instance | None: ...
+    def __len__(self) -> int: ...
+    def subscribe(self, callback: Subscriber) -> contextlib.AbstractContextManager[None]: ...
+    async def put(
+        self, service: str, instance: str, address: str, labels: Mapping[str, str], ttl: float
+    ) -> tuple[Instance, bool]: ...
+    async def heartbeat(self, service: str, instance: str) -> Instance | None: ...
+    async def delete(self, service: str, instance: str) -> bool: ...
+    async def check_writable(self) -> str | None: ...
+    async def close(self) -> None: ...
+
+
 class StoreHandle:
-    """The process's registry store, opened on first use in the ``data_dir`` asked for.
+    """The process's registry store, opened on first use where the config says.
 
     The daemon creates one and passes it to the registry API and to the
     ``registry_sd_configs`` mechanism, so both work on the same store (SQLite has one
-    writer; the lock file keeps other processes off). When ``data_dir`` changes on a
-    reload, the next :meth:`get` closes the old store and opens the new one.
+    writer; the lock file keeps other processes off). With ``registry.backend: etcd``
+    (see :meth:`configure`) the store is an :class:`~.etcd_store.EtcdStore` that every
+    replica shares through etcd. When ``data_dir`` or the backend changes on a reload,
+    the next :meth:`get` closes the old store and opens the new one.
     """
 
-    def __init__(self) -> None:
-        self._store: Store | None = None
+    def __init__(self, registry: RegistryConfig | None = None) -> None:
+        self._store: RegistryStore | None = None
+        self._where: object = None  # what the open store was opened for
         self._lock = asyncio.Lock()
+        self._etcd: RegistryEtcdConfig | None = None
+        if registry is not None:
+            self.configure(registry)
+
+    def configure(self, registry: RegistryConfig) -> None:
+        """Use the backend ``registry`` names from the next :meth:`get` on."""
+        self._etcd = registry.etcd if registry.backend == "etcd" else None
 
     @property
-    def current(self) -> Store | None:
+    def current(self) -> RegistryStore | None:
         """The open store, if any."""
         return self._store
 
-    async def get(self, data_dir: Path) -> Store:
-        """The store in ``data_dir``; raise BackendError if it cannot be opened."""
-        path = db_path(data_dir)
+    async def get(self, data_dir: Path) -> RegistryStore:
+        """The store; raise BackendError if it cannot be opened."""
+        etcd = self._etcd
+        where: object = etcd if etcd is not None else db_path(data_dir)
         store = self._store
-        if store is not None and store.path == path:
+        if store is not None and self._where == where:
             return store  # the common case: no lock
         async with self._lock:
-            if self._store is not None and self._store.path != path:
+            if self._store is not None and self._where != where:
                 old, self._store = self._store, None
                 await old.close()
             if self._store is None:
-                self._store = await Store.open(path)
+                if etcd is not None:
+                    from .etcd_store import EtcdStore  # it builds on this module
+
+                    self._store = await EtcdStore.open(etcd)
+                else:
+                    self._store = await Store.open(db_path(data_dir))
+                self._where = where
+                metrics.REGISTRY_WRITABLE.set(1)
             return self._store
 
     async def close(self) -> None:

@@ -39,7 +39,7 @@ from ..errors import ConfigError, SdbridgeError
 from ..registry.config import API_PREFIX, RegistryConfig
 from ..registry.store import (
     RegistrationError,
-    Store,
+    RegistryStore,
     check_address,
     check_instance,
     check_labels,
@@ -80,7 +80,7 @@ class RegistryAPI:
         config = getattr(self.daemon.config, "registry", None)
         return config if isinstance(config, RegistryConfig) else RegistryConfig()
 
-    async def store(self) -> Store:
+    async def store(self) -> RegistryStore:
         """The daemon's registry store in the running config's ``data_dir``."""
         return await self.daemon.registry_store.get(self.daemon.config.global_.data_dir)
 
@@ -310,7 +310,7 @@ def _write_target(request: web.Request) -> tuple[RegistryAPI, str, str] | web.Re
 
 
 async def _store_write(
-    request: web.Request, operation: Callable[[Store, str, str], Awaitable[Any]]
+    request: web.Request, operation: Callable[[RegistryStore, str, str], Awaitable[Any]]
 ) -> tuple[str, str, Any] | web.Response:
     """Run a write on the instance ``request`` names: (service, instance, result) or a refusal."""
     target = _write_target(request)
@@ -325,7 +325,7 @@ async def _store_write(
 
 async def heartbeat(request: web.Request) -> web.Response:
     """Renew an instance's ttl; 404 when it is not registered (any more)."""
-    outcome = await _store_write(request, Store.heartbeat)
+    outcome = await _store_write(request, lambda store, s, i: store.heartbeat(s, i))
     if isinstance(outcome, web.Response):
         return outcome
     service, instance, renewed = outcome
@@ -338,7 +338,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 async def delete_instance(request: web.Request) -> web.Response:
     """Deregister an instance; 404 when it is not registered."""
-    outcome = await _store_write(request, Store.delete)
+    outcome = await _store_write(request, lambda store, s, i: store.delete(s, i))
     if isinstance(outcome, web.Response):
         return outcome
     service, instance, deleted = outcome
@@ -376,6 +376,44 @@ async def get_instance(request: web.Request) -> web.Response:
     return _json(found.to_json())
 
 
+async def write_health(request: web.Request) -> web.Response:
+    """200 while the registry's backend commits writes, 503 with the reason while it cannot.
+
+    Apart from ``/-/ready`` (every job synced, last-known-good included), which stays 200
+    while etcd is down so that http_sd reads keep being served: a load balancer sends
+    registry writes only to replicas whose write health is 200.
+    """
+    config = request.app[API_KEY].config
+    try:
+        store = await request.app[API_KEY].store()
+        problem = await store.check_writable()
+    except SdbridgeError as exc:
+        problem = str(exc)
+        store = None
+    else:
+        metrics.REGISTRY_WRITABLE.set(0 if problem else 1)
+    details: dict[str, Any] = {"backend": config.backend}
+    if store is not None:
+        details["instances"] = len(store)
+        invalid = getattr(store, "invalid_keys", None)
+        if invalid is not None:
+            details["invalid_keys"] = len(invalid)
+        watch_error = getattr(store, "watch_error", None)
+        if watch_error:
+            details["watch_error"] = watch_error
+    details["writable"] = not problem
+    if problem:
+        metrics.REGISTRY_WRITABLE.set(0)
+        body = {
+            "status": "error",
+            "errorType": "unavailable",
+            "error": f"registry writes cannot be committed: {problem}",
+            "data": details,
+        }
+        return web.Response(body=orjson.dumps(body), status=503, content_type="application/json")
+    return _json(details)
+
+
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
@@ -397,6 +435,8 @@ def add_registry_routes(app: web.Application, daemon: Daemon) -> RegistryAPI:
     app[API_KEY] = api
     one = PREFIX + "/{service}/{instance}"
     app.router.add_get(PREFIX, _counted("get", list_instances))
+    # Before /{service}: the path names the health check, not a service called "health".
+    app.router.add_get(PREFIX + "/health", _counted("health", write_health))
     app.router.add_get(PREFIX + "/{service}", _counted("get", list_instances))
     app.router.add_get(one, _counted("get", get_instance))
     app.router.add_put(one, _counted("put", put_instance), name="registry-put")
