@@ -29,6 +29,7 @@ from .logfmt import setup_logging
 from .masking import mask_text
 from .preflight import preflight
 from .registry import client as registry_client
+from .registry import migrate as registry_migrate
 from .version import version_text
 from .web import flags as web_flags
 from .web import registry_api
@@ -199,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     registry_client.add_parser(commands, [common])
     commands.choices["register"].formatter_class = _Help
+    registry_migrate.add_parser(commands, [common])
     return parser
 
 
@@ -251,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_once(config, args.timeout))
         if args.command == "register":
             return asyncio.run(registry_client.run_register(args))
+        if args.command == "registry":
+            config = load_config(args.config)
+            migrate = registry_migrate.run_migrate(args, config.registry, config.global_.data_dir)
+            return asyncio.run(migrate)
         return asyncio.run(_run(args))
     except ConfigError as exc:
         print(f"sdbridge: invalid configuration:\n{mask_text(str(exc))}", file=sys.stderr)

@@ -180,6 +180,21 @@ class EtcdStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    async def instances_with_expiry(self) -> list[Instance]:
+        """The instances with the expiry etcd's leases have now (one request per instance).
+
+        Memory only knows when a replica last saw a write or heartbeat; an export needs
+        the lease's own remaining time.
+        """
+        found = []
+        for entry in sorted(self._entries.values(), key=lambda e: e.instance.key):
+            answer = await self._write("/v3/lease/timetolive", {"ID": entry.lease})
+            remaining = int(answer.get("TTL", -1))
+            if remaining > 0:
+                expires_at = time.time() + remaining
+                found.append(dataclasses.replace(entry.instance, expires_at=expires_at))
+        return found
+
     @property
     def invalid_keys(self) -> dict[str, str]:
         """Keys under the prefix skipped because they hold no sdbridge instance, and why."""
@@ -244,14 +259,42 @@ class EtcdStore:
             asyncio.ensure_future(self._put(service, instance, address, labels, ttl))
         )
 
+    async def restore(self, instance: Instance) -> None:
+        """Write ``instance`` keeping its expiry (``sdbridge registry import``).
+
+        Its lease gets the remaining seconds; its first heartbeat puts it on a lease of its
+        whole ttl again.
+        """
+        remaining = instance.expires_at - time.time()
+        if remaining > 0:
+            await self._put(
+                instance.service,
+                instance.instance,
+                instance.address,
+                instance.labels,
+                instance.ttl,
+                lease_seconds=lease_ttl(remaining),
+                registered_at=instance.registered_at,
+            )
+
     async def _put(
-        self, service: str, instance: str, address: str, labels: Mapping[str, str], ttl: float
+        self,
+        service: str,
+        instance: str,
+        address: str,
+        labels: Mapping[str, str],
+        ttl: float,
+        *,
+        lease_seconds: int | None = None,
+        registered_at: float | None = None,
     ) -> tuple[Instance, bool]:
         seconds = lease_ttl(ttl)
         now = time.time()
         previous = self.get((service, instance))
-        registered_at = previous.registered_at if previous is not None else round(now, 3)
-        grant = await self._write("/v3/lease/grant", {"TTL": seconds})
+        if registered_at is None:
+            registered_at = previous.registered_at if previous is not None else round(now, 3)
+        granted = lease_seconds or seconds
+        grant = await self._write("/v3/lease/grant", {"TTL": granted})
         lease = int(grant.get("ID", 0))
         if not lease:
             raise BackendError(f"etcd granted no lease: {grant.get('error') or grant}")
@@ -260,7 +303,7 @@ class EtcdStore:
         answer = await self._write("/v3/kv/put", {**put, "prev_kv": True})
         await self._caught_up(int(answer.get("header", {}).get("revision", 0)))
         new = Instance(
-            service, instance, address, dict(labels), float(seconds), now + seconds, registered_at
+            service, instance, address, dict(labels), float(seconds), now + granted, registered_at
         )
         return new, "prev_kv" not in answer
 
@@ -271,12 +314,18 @@ class EtcdStore:
             return None  # no etcd request: the client registers again
         answer = await self._write("/v3/lease/keepalive", {"ID": entry.lease})
         result = answer.get("result", answer)
-        if int(result.get("TTL", 0) or 0) <= 0:
+        granted = int(result.get("TTL", 0) or 0)
+        if granted <= 0:
             return None  # the lease ran out: the watch removes the key
+        if granted < entry.instance.ttl:
+            # An imported instance on a lease of its remaining seconds: a full lease now.
+            old = entry.instance
+            full, _ = await self._put(service, instance, old.address, old.labels, old.ttl)
+            return full
         renewed = dataclasses.replace(entry.instance, expires_at=time.time() + entry.instance.ttl)
-        current = self._entries.get((service, instance))
-        if current is not None and current.lease == entry.lease:
-            current.instance = renewed
+        latest = self._entries.get((service, instance))
+        if latest is not None and latest.lease == entry.lease:
+            latest.instance = renewed
         return renewed
 
     async def delete(self, service: str, instance: str) -> bool:

@@ -467,6 +467,14 @@ class Store:
             raise BackendError(f"registry database {self.path}: {exc}") from exc
         return counts
 
+    async def restore(self, instance: Instance) -> None:
+        """Write ``instance`` as it is, expiry included (``sdbridge registry import``)."""
+        await self._write(_UPSERT, _row(instance))
+        previous = self._instances.get(instance.key)
+        self._set(instance)
+        if previous is None or not previous.same_target(instance):
+            self._notify({instance.key})
+
     async def check_writable(self) -> str | None:
         """None while the database takes writes (it is open), else why not."""
         return f"registry database {self.path} is closed" if self._closed else None
@@ -700,6 +708,7 @@ class RegistryStore(Protocol):
     ) -> tuple[Instance, bool]: ...
     async def heartbeat(self, service: str, instance: str) -> Instance | None: ...
     async def delete(self, service: str, instance: str) -> bool: ...
+    async def restore(self, instance: Instance) -> None: ...
     async def check_writable(self) -> str | None: ...
     async def close(self) -> None: ...
 
