@@ -29,6 +29,27 @@ _ERROR = {
         "field": {"type": "string"},
     },
 }
+_HEALTH = {
+    "type": "object",
+    "required": ["backend", "writable"],
+    "properties": {
+        "backend": {"type": "string", "enum": ["sqlite", "etcd"]},
+        "writable": {"type": "boolean"},
+        "instances": {"type": "integer"},
+        "invalid_keys": {"type": "integer"},
+        "watch_error": {"type": "string"},
+    },
+}
+_UNHEALTHY: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "error", "data"],
+    "properties": {
+        "status": {"type": "string", "enum": ["error"]},
+        "errorType": {"type": "string"},
+        "error": {"type": "string"},
+        "data": _HEALTH,
+    },
+}
 _INSTANCE = {
     "type": "object",
     "required": ["service", "instance", "address", "labels", "ttl", "expires_at"],
@@ -186,6 +207,18 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "every registered instance",
                     "responses": {"200": _LIST, **_errors(503)},
+                }
+            },
+            f"{API_PREFIX}/health": {
+                "get": {
+                    "summary": "whether the registry's backend commits writes now",
+                    "responses": {
+                        "200": _answer("writable", _success(_HEALTH)),
+                        "503": _answer(
+                            "writes cannot be committed; `error` says why",
+                            _UNHEALTHY,
+                        ),
+                    },
                 }
             },
             f"{API_PREFIX}/{{service}}": {
