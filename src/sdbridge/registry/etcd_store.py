@@ -33,7 +33,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -47,6 +47,7 @@ from .store import (
     Instance,
     Key,
     RegistrationError,
+    Subscribable,
     Subscriber,
     check_address,
     check_instance,
@@ -109,7 +110,7 @@ class _Entry:
     mod_revision: int
 
 
-class EtcdStore:
+class EtcdStore(Subscribable):
     """The registry in etcd under ``config.prefix``; create with :meth:`open`."""
 
     def __init__(self, config: RegistryEtcdConfig) -> None:
@@ -199,22 +200,6 @@ class EtcdStore:
     def invalid_keys(self) -> dict[str, str]:
         """Keys under the prefix skipped because they hold no sdbridge instance, and why."""
         return dict(self._invalid)
-
-    @contextlib.contextmanager
-    def subscribe(self, callback: Subscriber) -> Iterator[None]:
-        """Call ``callback(keys)`` on the event loop whenever those keys' targets change."""
-        self._subscribers.append(callback)
-        try:
-            yield
-        finally:
-            self._subscribers.remove(callback)
-
-    def _notify(self, keys: set[Key]) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(keys)
-            except Exception:
-                log.exception("registry subscriber failed")
 
     # --- writes ---------------------------------------------------------------------
 

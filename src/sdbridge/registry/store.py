@@ -278,7 +278,29 @@ def _row(instance: Instance) -> tuple[Any, ...]:
 T = TypeVar("T")
 
 
-class Store:
+class Subscribable:
+    """Change notifications, the same for every backend (``_subscribers`` set by the store)."""
+
+    _subscribers: list[Subscriber]
+
+    @contextlib.contextmanager
+    def subscribe(self, callback: Subscriber) -> Iterator[None]:
+        """Call ``callback(keys)`` on the event loop whenever those keys' targets change."""
+        self._subscribers.append(callback)
+        try:
+            yield
+        finally:
+            self._subscribers.remove(callback)
+
+    def _notify(self, keys: set[Key]) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(keys)
+            except Exception:
+                log.exception("registry subscriber failed")
+
+
+class Store(Subscribable):
     """An open registry database; create with :meth:`open`, end with :meth:`close`."""
 
     def __init__(self, path: Path) -> None:
@@ -492,22 +514,6 @@ class Store:
 
     def __len__(self) -> int:
         return len(self._instances)
-
-    @contextlib.contextmanager
-    def subscribe(self, callback: Subscriber) -> Iterator[None]:
-        """Call ``callback(keys)`` on the event loop whenever those keys' targets change."""
-        self._subscribers.append(callback)
-        try:
-            yield
-        finally:
-            self._subscribers.remove(callback)
-
-    def _notify(self, keys: set[Key]) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(keys)
-            except Exception:
-                log.exception("registry subscriber failed")
 
     # --- writes ---------------------------------------------------------------------
     #
