@@ -134,10 +134,11 @@ async def probes(session: aiohttp.ClientSession, bases: list[str], count: int) -
         marker = f"probe-{n}-{random.random()}"
         await put(session, bases[n % len(bases)], "probe", "127.0.200.1:9100", marker)
         acked = time.perf_counter()
-        waiting = set(bases)
+        waiting = list(bases)
         while waiting:  # each replica's /sd/registry carries the write
             states = await asyncio.gather(*(sd_state(session, b) for b in waiting))
-            waiting = {b for b, (_, body) in zip(waiting, states) if marker.encode() not in body}
+            pairs = zip(waiting, states, strict=True)
+            waiting = [b for b, (_, body) in pairs if marker.encode() not in body]
             await asyncio.sleep(0.005)
         lags.append(time.perf_counter() - acked)
         await asyncio.sleep(0.2)
