@@ -243,8 +243,9 @@ def main() -> None:
         )
     lag = results["convergence"]
     print(
-        f"convergence lag (ack -> same ETag on 3 replicas): p50 {lag[0]:.1f} ms, p99 {lag[1]:.1f} ms"
+        f"convergence lag (ack -> on all 3 replicas' /sd): p50 {lag[0]:.1f} ms, p99 {lag[1]:.1f} ms"
     )
+    print(f"same ETag on all 3 replicas once the load stopped: {results['same etag']}")
     print(f"etcd requests per heartbeat: {results['per heartbeat']:.2f}")
     print(f"etcd requests per second at idle (3 replicas): {results['idle per s']:.2f}")
 
