@@ -30,6 +30,7 @@ from .masking import mask_text
 from .preflight import preflight
 from .registry import client as registry_client
 from .registry import migrate as registry_migrate
+from .registry.store import StoreHandle
 from .version import version_text
 from .web import flags as web_flags
 from .web import registry_api
@@ -331,9 +332,18 @@ async def _connect(config: ConfigBase, within: float) -> tuple[list[str], list[s
 
 
 async def _once(config: ConfigBase, within: float | None = None) -> int:
+    # One registry store for every job, on the configured backend (SQLite or etcd).
+    registry = StoreHandle(config.registry)
+    try:
+        return await _once_jobs(config, registry, within)
+    finally:
+        await registry.close()
+
+
+async def _once_jobs(config: ConfigBase, registry: StoreHandle, within: float | None) -> int:
     failures = 0
     for job_config in config.jobs:
-        job = Job(job_config, config.global_)
+        job = Job(job_config, config.global_, registry_store=registry)
         try:
             snapshot = await job.sync_once(within)
             if job.file_output is not None:
