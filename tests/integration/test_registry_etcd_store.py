@@ -11,11 +11,13 @@ import pytest
 from sdbridge.errors import BackendError
 from sdbridge.registry.config import RegistryEtcdConfig
 from sdbridge.registry.etcd_store import EtcdStore
+from tests.servers.common import free_port
 from tests.servers.etcd import (
     EtcdCluster,
     EtcdServer,
     etcd,  # noqa: F401 - fixture
     etcd_cluster3,  # noqa: F401 - fixture
+    etcd_private,  # noqa: F401 - fixture
 )
 
 pytestmark = pytest.mark.etcd
@@ -154,5 +156,29 @@ async def test_quorum_loss_refuses_writes_keeps_reads_and_recovers(
         assert store.write_error is None
         await store.put("web", "w2", "127.0.0.1:9101", {}, 60)
         await until(lambda: len(store) == 2, "the mirror follows again")
+    finally:
+        await store.close()
+
+
+async def test_unreachable_etcd_or_wrong_credentials_fail_the_open_clearly(
+    etcd_private: EtcdServer,  # noqa: F811
+) -> None:
+    port = free_port()
+    with pytest.raises(BackendError, match=f"127.0.0.1:{port}"):
+        await EtcdStore.open(_config([f"http://127.0.0.1:{port}"], "/sdbridge/registry/"))
+    etcd_private.enable_auth("right-pw")
+    wrong = RegistryEtcdConfig(
+        endpoints=[etcd_private.url], prefix="/x/", username="root", password="s3cret-pw"
+    )
+    with pytest.raises(BackendError, match="authentication failed") as refused:
+        await EtcdStore.open(wrong)
+    assert "s3cret-pw" not in str(refused.value)
+    right = RegistryEtcdConfig(
+        endpoints=[etcd_private.url], prefix="/x/", username="root", password="right-pw"
+    )
+    store = await EtcdStore.open(right)
+    try:
+        await store.put("web", "w1", "127.0.0.1:9100", {}, 5)
+        assert store.get(("web", "w1")) is not None
     finally:
         await store.close()
