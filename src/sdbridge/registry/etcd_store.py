@@ -7,7 +7,8 @@ holding ``{"address", "labels", "registered_at", "ttl"}`` and attached to an etc
 of its TTL, so expiry happens in etcd whichever replica is up:
 
 - PUT: grant a lease, then one put of key + lease (one transaction replaces both);
-- heartbeat: one lease keep-alive (the lease id comes from memory: no other request);
+- heartbeat: one lease keep-alive (the lease id comes from memory); only when memory does
+  not know the instance (not registered, or this replica's watch is behind) one read first;
 - DELETE: one delete of the key, so a key re-put meanwhile by another replica is still
   deleted (revoking a lease known from memory could miss it); the lease, left without a
   key, runs out by itself.
@@ -296,7 +297,11 @@ class EtcdStore(Subscribable):
         """Renew an instance's lease; None if it is not registered (or its lease ran out)."""
         entry = self._entries.get((service, instance))
         if entry is None:
-            return None  # no etcd request: the client registers again
+            # Registered through another replica a moment ago, and this replica's watch
+            # has not applied it yet (or is relisting)? One read says; a 404 otherwise.
+            entry = await self._read_entry(service, instance)
+            if entry is None:
+                return None
         answer = await self._write("/v3/lease/keepalive", {"ID": entry.lease})
         result = answer.get("result", answer)
         granted = int(result.get("TTL", 0) or 0)
@@ -312,6 +317,18 @@ class EtcdStore(Subscribable):
         if latest is not None and latest.lease == entry.lease:
             latest.instance = renewed
         return renewed
+
+    async def _read_entry(self, service: str, instance: str) -> _Entry | None:
+        """The key as etcd has it now, or None if it holds no registration."""
+        answer = await self._write("/v3/kv/range", {"key": _b64(self._key(service, instance))})
+        for raw in answer.get("kvs", ()):
+            kv = kv_from_json(raw)
+            try:
+                found = decode_instance(f"{service}/{instance}", kv.value or b"", time.time())
+            except RegistrationError:
+                return None
+            return _Entry(found, kv.lease, kv.mod_revision)
+        return None
 
     async def delete(self, service: str, instance: str) -> bool:
         """Deregister an instance; return whether it was registered."""
