@@ -57,6 +57,39 @@ def test_every_build_equals_a_sort_from_scratch(updates: list[list[TargetGroup]]
         assert snapshot.target_count == len(expected)
 
 
+@settings(max_examples=80)
+@given(
+    st.lists(
+        st.tuples(st.lists(groups, max_size=3, unique_by=lambda g: g.source), st.booleans()),
+        max_size=12,
+    )
+)
+def test_builds_after_several_updates_equal_a_sort_from_scratch(
+    steps: list[tuple[list[TargetGroup], bool]],
+) -> None:
+    """Several updates may land between two builds: a target added and removed again in
+    between (churn) must not be looked for in the order it never reached."""
+    store = TargetStore("store", [])
+    state: dict[str, TargetGroup] = {}
+    store.apply(0, store.render(ORIGIN, BASE), full=False)
+    store.finish_build(store.prepare_build()()[0])
+    for update, build_now in [*steps, ([], True)]:
+        store.apply(0, store.render(ORIGIN, update), full=False)
+        for sent in update:
+            if sent.targets:
+                state[sent.source] = sent
+            else:
+                state.pop(sent.source, None)
+        if not build_now:
+            continue
+        ordered, snapshot = store.prepare_build()()
+        store.finish_build(ordered)
+        expected = sort_entries(
+            e for g in [*BASE, *state.values()] for e in store.render(ORIGIN, [g])[0].entries or []
+        )
+        assert snapshot.body == render_json(expected)
+
+
 async def test_relabeled_jobs_keep_labels_before_relabeling_and_some_dropped_targets() -> None:
     rules = [{"action": "drop", "source_labels": ["env"], "regex": "dev"}]
     job, (fake,), _ = make_job(relabel_configs=rules, keep_dropped_targets=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -243,6 +244,7 @@ class TargetStore:
 
             return full_build
         order = self._order
+        gone, new = _cancel_out(gone, new)
         for entry in gone:
             self._remove(order, entry)
         for entry in new:
@@ -281,6 +283,29 @@ class TargetStore:
 
 def _key(entry: Entry) -> SortKey:
     return entry.key
+
+
+def _cancel_out(gone: list[Entry], new: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """Drop the additions and removals of one entry that undo each other since the last build.
+
+    An entry added and removed again between two builds (churn on one target) was never
+    in the order, so removing it there would look for something that is not in it.
+    """
+    pending = Counter(id(entry) for entry in new)
+    if not pending:
+        return gone, new
+    still_gone = []
+    for entry in gone:
+        if pending[id(entry)]:
+            pending[id(entry)] -= 1
+        else:
+            still_gone.append(entry)
+    still_new = []
+    for entry in new:
+        if pending[id(entry)]:
+            pending[id(entry)] -= 1
+            still_new.append(entry)
+    return still_gone, still_new
 
 
 def _sort(entries: list[Entry]) -> bool:
