@@ -24,7 +24,8 @@ from sdbridge.daemon import Daemon
 from sdbridge.errors import ConfigError
 from sdbridge.model import TargetGroup
 from sdbridge.registry.config import RegistryConfig
-from sdbridge.registry.store import RegistrationError, db_path
+from sdbridge.registry.instance import RegistrationError
+from sdbridge.registry.store import db_path
 from sdbridge.web.app import create_app
 from sdbridge.web.registry_api import (
     MAX_BODY_BYTES,

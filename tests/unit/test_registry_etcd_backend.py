@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from sdbridge.registry.config import RegistryConfig
 from sdbridge.registry.etcd_store import decode_instance, encode_value, lease_ttl
-from sdbridge.registry.store import RegistrationError
+from sdbridge.registry.instance import RegistrationError
 
 ETCD = {"endpoints": ["http://127.0.0.1:2379"]}
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sdbridge.registry.store import Store, db_path, name_some
+from sdbridge.registry.instance import name_some
+from sdbridge.registry.store import Store, db_path
 
 
 def test_name_some_is_bounded() -> None:

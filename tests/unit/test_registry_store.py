@@ -27,17 +27,15 @@ from sdbridge.errors import BackendError
 from sdbridge.job import Job
 from sdbridge.model import TargetGroup, is_valid_label_name
 from sdbridge.registry import store as store_module
-from sdbridge.registry.store import (
+from sdbridge.registry.instance import (
     RegistrationError,
-    Store,
-    StoreHandle,
     check_address,
     check_instance,
     check_labels,
     check_service,
     check_ttl,
-    db_path,
 )
+from sdbridge.registry.store import Store, StoreHandle, db_path
 
 
 @pytest.fixture

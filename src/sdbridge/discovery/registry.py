@@ -26,7 +26,8 @@ from pydantic import Field, field_validator
 
 from ..errors import InvalidTargetError
 from ..model import ADDRESS_LABEL, TargetGroup
-from ..registry.store import Instance, Key, StoreHandle, check_service
+from ..registry.instance import Instance, Key, check_service
+from ..registry.store import StoreHandle
 from . import register
 from .base import BaseDiscoverer, MechanismConfig, Send
 

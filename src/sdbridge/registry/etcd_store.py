@@ -44,7 +44,7 @@ from .. import metrics
 from ..discovery.etcd.gateway import Gateway, KeyValue, WatchCompacted, kv_from_json
 from ..errors import BackendError, describe
 from .config import RegistryEtcdConfig
-from .store import (
+from .instance import (
     Instance,
     Key,
     RegistrationError,

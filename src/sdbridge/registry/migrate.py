@@ -26,16 +26,16 @@ import orjson
 
 from ..errors import ConfigError
 from .config import RegistryConfig
-from .store import (
+from .instance import (
     Instance,
     RegistrationError,
     RegistryStore,
-    StoreHandle,
     check_address,
     check_instance,
     check_labels,
     check_service,
 )
+from .store import StoreHandle
 
 
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..registry.config import API_PREFIX
-from ..registry.store import INSTANCE_RE, MAX_ADDRESS, MAX_LABELS, SERVICE_RE
+from ..registry.instance import INSTANCE_RE, MAX_ADDRESS, MAX_LABELS, SERVICE_RE
 
 PATH = "/api/v1/openapi.json"
 

@@ -37,7 +37,7 @@ from ..daemon import Daemon
 from ..defaults import reachable_address
 from ..errors import ConfigError, SdbridgeError
 from ..registry.config import API_PREFIX, RegistryConfig
-from ..registry.store import (
+from ..registry.instance import (
     RegistrationError,
     RegistryStore,
     check_address,
