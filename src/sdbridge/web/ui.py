@@ -29,6 +29,7 @@ from .status import (
 )
 
 PER_PAGE_CHOICES = (50, 100, 250, 500, 1000)
+REFRESH_SECONDS = 5  # how often a page fetches itself again (sdbridge.js)
 
 
 def _e(value: object) -> str:
@@ -52,24 +53,40 @@ def _last_sync(mechanisms: list[dict[str, Any]], last_sync: float | None, now: f
     since = _watching(mechanisms)
     if since is None:
         return _ago(last_sync, now)
-    iso = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
-    return f'watching since <time datetime="{_e(iso)}" title="{_e(iso)}">{_e(iso)}</time>'
+    iso = _e(_iso(since))
+    return f'watching since <time datetime="{iso}" title="{iso}">{iso}</time>'
+
+
+def _relative(seconds: int) -> str:
+    """``42s``, ``5m``, ``3h`` or ``2d`` (sdbridge.js counts the same way)."""
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _ago(timestamp: float | None, now: float) -> str:
+    """``3s ago``; ``data-ago`` lets the page's script keep counting between refreshes."""
     if not timestamp:
         return '<span class="muted">never</span>'
-    seconds = max(0, int(now - timestamp))
-    if seconds < 120:
-        text = f"{seconds}s ago"
-    elif seconds < 7200:
-        text = f"{seconds // 60}m ago"
-    elif seconds < 172800:
-        text = f"{seconds // 3600}h ago"
-    else:
-        text = f"{seconds // 86400}d ago"
-    iso = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
-    return f'<time datetime="{_e(iso)}" title="{_e(iso)}">{text}</time>'
+    text = _relative(max(0, int(now - timestamp))) + " ago"
+    iso = _e(_iso(timestamp))
+    return f'<time datetime="{iso}" title="{iso}" data-ago="{timestamp:.3f}">{text}</time>'
+
+
+def _until(timestamp: float, now: float) -> str:
+    """``in 25s`` (or ``expired``), counted down by the page's script."""
+    seconds = int(timestamp - now)
+    text = f"in {_relative(seconds)}" if seconds > 0 else "expired"
+    iso = _e(_iso(timestamp))
+    return f'<time datetime="{iso}" title="{iso}" data-until="{timestamp:.3f}">{text}</time>'
 
 
 def _count(value: object) -> str:
@@ -83,21 +100,30 @@ def _badge(state: str) -> str:
 
 
 def _page(title: str, body: str, daemon: Daemon) -> web.Response:
+    """A whole page around ``body``.
+
+    Elements with an ``id`` and ``data-live`` are swapped for their fresh copies every
+    ``REFRESH_SECONDS`` by sdbridge.js, which fetches the same URL again; ``data-now``
+    (the server's clock) lets it count ``data-ago``/``data-until`` times in between.
+    """
     waiting = [name for name, job in daemon.jobs.items() if job.snapshot is None]
     readiness = (
-        '<span class="badge state-syncing" id="readiness" '
+        '<span class="badge state-syncing" id="readiness" data-live '
         f'title="waiting for the first sync of: {_e(", ".join(waiting))}">not ready</span>'
         if waiting
-        else '<span class="badge state-ok" id="readiness">ready</span>'
+        else '<span class="badge state-ok" id="readiness" data-live>ready</span>'
     )
     text = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)} · sdbridge</title>
 <link rel="stylesheet" href="/static/sdbridge.css">
-</head><body>
+</head><body data-now="{time.time():.3f}" data-refresh="{REFRESH_SECONDS}">
 <header><a class="brand" href="/">sdbridge</a>
-<nav><a href="/">Jobs</a><a href="/metrics">Metrics</a><a href="/api/v1/jobs">API</a></nav>
+<nav><a href="/">Jobs</a><a href="/registry">Registry</a><a href="/metrics">Metrics</a>\
+<a href="/api/v1/jobs">API</a></nav>
+<label class="live" id="live-label" title="Refresh this page every {REFRESH_SECONDS}s">\
+<input type="checkbox" id="live" checked> live</label>
 {readiness}<span class="version">v{_e(__version__)}</span></header>
 <main>{body}</main>
 <script src="/static/sdbridge.js" defer></script>
@@ -147,7 +173,7 @@ async def index(request: web.Request) -> web.Response:
         if rows
         else '<p class="muted">No jobs configured.</p>'
     )
-    body = f"<h1>Jobs</h1>{_config_banner(daemon, now)}{table}"
+    body = f'<h1>Jobs</h1><div id="jobs-live" data-live>{_config_banner(daemon, now)}{table}</div>'
     return _page("Jobs", body, daemon)
 
 
@@ -231,7 +257,10 @@ def _targets_section(job: str, query: str, p: TargetPage, synced: bool) -> str:
         '<button type="submit">Filter</button></form>'
     )
     if not synced:
-        return f'<h2>Targets</h2>{form}<p class="muted">No targets yet: the job has not synced.</p>'
+        return (
+            f'<h2>Targets</h2>{form}<div id="targets-live" data-live>'
+            '<p class="muted">No targets yet: the job has not synced.</p></div>'
+        )
     first = (p.page - 1) * p.per_page + 1 if p.matched else 0
     last = min(p.page * p.per_page, p.matched)
     matched = f" matching <q>{_e(query)}</q>" if query else ""
@@ -251,12 +280,13 @@ def _targets_section(job: str, query: str, p: TargetPage, synced: bool) -> str:
             f'<td class="addr">{_e(labels["__address__"])}</td><td class="labels">{chips}</td></tr>'
         )
     table = (
-        '<table class="grid" id="targets"><thead><tr><th class="num idx">#</th>'
+        '<table class="grid filterable" id="targets"><thead><tr><th class="num idx">#</th>'
         '<th class="addr-col">Address</th>'
         f"<th>Labels</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
     pager = _pager(job, query, p)
-    return f"<h2>Targets</h2>{form}{count}{pager}{table}{pager}"
+    live = f'<div id="targets-live" data-live>{count}{pager}{table}{pager}</div>'
+    return f"<h2>Targets</h2>{form}{live}"
 
 
 async def job_page(request: web.Request) -> web.Response:
@@ -310,8 +340,9 @@ async def job_page(request: web.Request) -> web.Response:
     )
     body = (
         f'<p class="crumbs"><a href="/">Jobs</a> &rsaquo;</p><h1>{_e(name)}</h1>'
-        f"{error_box}{guard_box}{facts}<h2>Mechanisms</h2>{_mechanisms_table(s, now)}"
-        f"<h2>http_sd clients</h2>{_clients_section(name, clients, now)}"
+        f'<div id="job-live" data-live>{error_box}{guard_box}{facts}'
+        f"<h2>Mechanisms</h2>{_mechanisms_table(s, now)}"
+        f"<h2>http_sd clients</h2>{_clients_section(name, clients, now)}</div>"
         f"{_targets_section(name, query, page, job.snapshot is not None)}"
     )
     return _page(name, body, daemon)
