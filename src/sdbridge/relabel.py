@@ -535,3 +535,16 @@ def _set(labels: LabelSet, name: str, value: str) -> None:
         labels[name] = value
     else:
         labels.pop(name, None)
+
+
+def dropping_rule(labels: LabelSet, rules: Sequence[Rule]) -> int | None:
+    """Which rule (its index) drops ``labels`` when applied as :func:`process` does; None if none.
+
+    The UI's service-discovery page runs this for the dropped targets it shows, so the
+    store need not remember a rule for every dropped target.
+    """
+    result = {name: value for name, value in labels.items() if value != ""}
+    for index, rule in enumerate(rules):
+        if not _apply(result, rule):
+            return index
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -19,7 +20,12 @@ from aiohttp import web
 
 from .. import __version__
 from ..daemon import Daemon
+from ..job import Job
+from ..masking import mask_config
+from ..model import LabelSet
+from ..relabel import RelabelConfig
 from .keys import DAEMON_KEY, SD_CLIENTS_KEY, TARGET_INDEX_KEY
+from .sdview import DISCOVERY_VIEW_KEY, DiscoveryPage, DiscoveryView, Row, Show
 from .status import (
     DEFAULT_PER_PAGE,
     TargetPage,
@@ -229,25 +235,37 @@ def _link(job: str, query: str, page: int, per_page: int) -> str:
     return f"/jobs/{quote(job)}?{urlencode(params)}"
 
 
-def _pager(job: str, query: str, p: TargetPage) -> str:
-    def link(label: str, page: int, rel: str) -> str:
-        if page < 1 or page > p.pages or page == p.page:
+def _pager(link_to: Callable[[int], str], page: int, pages: int) -> str:
+    def link(label: str, to: int, rel: str) -> str:
+        if to < 1 or to > pages or to == page:
             return f'<span class="disabled">{label}</span>'
-        return f'<a rel="{rel}" href="{_e(_link(job, query, page, p.per_page))}">{label}</a>'
+        return f'<a rel="{rel}" href="{_e(link_to(to))}">{label}</a>'
 
     return (
         '<nav class="pager">'
-        f"{link('&laquo; First', 1, 'first')}{link('&lsaquo; Prev', p.page - 1, 'prev')}"
-        f'<span class="current">page {p.page:,} of {p.pages:,}</span>'
-        f"{link('Next &rsaquo;', p.page + 1, 'next')}{link('Last &raquo;', p.pages, 'last')}</nav>"
+        f"{link('&laquo; First', 1, 'first')}{link('&lsaquo; Prev', page - 1, 'prev')}"
+        f'<span class="current">page {page:,} of {pages:,}</span>'
+        f"{link('Next &rsaquo;', page + 1, 'next')}{link('Last &raquo;', pages, 'last')}</nav>"
+    )
+
+
+def _chips(labels: LabelSet, *, skip_address: bool = False) -> str:
+    return " ".join(
+        f'<span class="label"><span class="k">{_e(k)}</span>=<span class="v">{_e(v)}</span></span>'
+        for k, v in labels.items()
+        if not (skip_address and k == "__address__")
+    )
+
+
+def _per_page_options(selected: int) -> str:
+    return "".join(
+        f'<option value="{n}"{" selected" if n == selected else ""}>{n} per page</option>'
+        for n in PER_PAGE_CHOICES
     )
 
 
 def _targets_section(job: str, query: str, p: TargetPage, synced: bool) -> str:
-    options = "".join(
-        f'<option value="{n}"{" selected" if n == p.per_page else ""}>{n} per page</option>'
-        for n in PER_PAGE_CHOICES
-    )
+    options = _per_page_options(p.per_page)
     form = (
         f'<form id="filter" method="get" action="/jobs/{quote(job)}" role="search">'
         f'<input type="search" name="q" id="filter-input" value="{_e(query)}" '
@@ -270,11 +288,7 @@ def _targets_section(job: str, query: str, p: TargetPage, synced: bool) -> str:
     )
     rows = []
     for n, labels in enumerate(p.items, start=first):
-        chips = " ".join(
-            f'<span class="label"><span class="k">{_e(k)}</span>=<span class="v">{_e(v)}</span></span>'
-            for k, v in labels.items()
-            if k != "__address__"
-        )
+        chips = _chips(labels, skip_address=True)
         rows.append(
             f'<tr><td class="num muted">{n:,}</td>'
             f'<td class="addr">{_e(labels["__address__"])}</td><td class="labels">{chips}</td></tr>'
@@ -284,7 +298,7 @@ def _targets_section(job: str, query: str, p: TargetPage, synced: bool) -> str:
         '<th class="addr-col">Address</th>'
         f"<th>Labels</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
-    pager = _pager(job, query, p)
+    pager = _pager(lambda n: _link(job, query, n, p.per_page), p.page, p.pages)
     live = f'<div id="targets-live" data-live>{count}{pager}{table}{pager}</div>'
     return f"<h2>Targets</h2>{form}{live}"
 
@@ -336,7 +350,9 @@ async def job_page(request: web.Request) -> web.Response:
         f"<div><dt>Last sync</dt><dd>{_last_sync(s['mechanisms'], s['last_sync'], now)}</dd></div>"
         f"<div><dt>Last publish</dt><dd>{_ago(s['last_publish'], now)}</dd></div>"
         f'<div><dt>http_sd</dt><dd><a href="/sd/{quote(name)}"><code>/sd/{_e(name)}</code></a>'
-        f"</dd></div>{outputs}</dl>"
+        f"</dd></div>{outputs}"
+        f'<div><dt>Relabeling</dt><dd><a id="sd-link" href="{_sd_path(name)}">'
+        "service discovery: labels before and after</a></dd></div></dl>"
     )
     body = (
         f'<p class="crumbs"><a href="/">Jobs</a> &rsaquo;</p><h1>{_e(name)}</h1>'
@@ -348,10 +364,157 @@ async def job_page(request: web.Request) -> web.Response:
     return _page(name, body, daemon)
 
 
+def _sd_path(job: str) -> str:
+    return f"/jobs/{quote(job, safe='')}/service-discovery"
+
+
+def _sd_link(job: str, query: str, show: Show, page: int, per_page: int) -> str:
+    params: dict[str, str | int] = {"show": show.value, "page": page, "per_page": per_page}
+    if query:
+        params = {"q": query, **params}
+    return f"{_sd_path(job)}?{urlencode(params)}"
+
+
+def _rule_text(config: RelabelConfig) -> str:
+    """``action: drop, source_labels: ["env"], regex: "dev"``: what a rule says."""
+    fields = mask_config(config.model_dump(mode="json", exclude_defaults=True))
+    fields = {"action": config.action.value, **fields}
+    return ", ".join(f"{k}: {json.dumps(v)}" for k, v in fields.items())
+
+
+def _sd_after(row: Row, rules: list[RelabelConfig]) -> str:
+    if row.after is not None:
+        return f'<td class="labels">{_chips(row.after)}</td>'
+    if row.dropped_by is not None:
+        index = row.dropped_by
+        return (
+            '<td class="dropped-by">Dropped by '
+            f'<a href="#rule-{index}"><code>relabel_configs[{index}]</code></a>'
+            f"<br><code>{_e(_rule_text(rules[index]))}</code></td>"
+        )
+    return f'<td class="dropped-by">Not published: {_e(row.problem or "")}</td>'
+
+
+def _sd_rules(rules: list[RelabelConfig]) -> str:
+    if not rules:
+        return ""
+    items = "".join(
+        f'<li id="rule-{i}" value="{i}"><code>{_e(_rule_text(rule))}</code></li>'
+        for i, rule in enumerate(rules)
+    )
+    return (
+        f'<details id="relabel-rules" open><summary>relabel_configs ({len(rules)})</summary>'
+        f'<ol start="0">{items}</ol></details>'
+    )
+
+
+def _sd_table(job: Job, query: str, show: Show, p: DiscoveryPage) -> str:
+    rules = list(job.config.relabel_configs)
+    first = (p.page - 1) * p.per_page + 1 if p.matched else 0
+    last = min(p.page * p.per_page, p.matched)
+    matched = f" matching <q>{_e(query)}</q>" if query else ""
+    which = "" if show is Show.ALL else f" {show.value}"
+    count = (
+        f'<p class="count" id="sd-count">Showing {first:,}&ndash;{last:,} of '
+        f"<strong>{p.matched:,}</strong>{which} target(s){matched}.</p>"
+    )
+    rows = []
+    for n, row in enumerate(p.rows, start=first):
+        state = "active" if row.after is not None else "dropped"
+        rows.append(
+            f'<tr class="{state}"><td class="num muted">{n:,}</td>'
+            f'<td class="labels">{_chips(row.before)}</td>{_sd_after(row, rules)}</tr>'
+        )
+    table = (
+        '<table class="grid filterable sd" id="sd-targets"><thead><tr>'
+        '<th class="num idx">#</th><th>Discovered labels</th><th>Target labels</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    pager = _pager(lambda n: _sd_link(job.name, query, show, n, p.per_page), p.page, p.pages)
+    return f"{count}{pager}{table}{pager}"
+
+
+def _sd_summary(job: Job, query: str, current: Show, p: DiscoveryPage) -> str:
+    if not p.relabels:
+        note = (
+            '<p class="muted" id="sd-summary">This job has no <code>relabel_configs</code>: '
+            f"its {p.total:,} target(s) are published as discovered.</p>"
+        )
+    else:
+        limit = job.config.keep_dropped_targets
+        kept = (
+            f" (the first {p.dropped_kept:,} are kept to show here: "
+            f"<code>keep_dropped_targets: {limit:,}</code>)"
+            if p.dropped_kept < p.dropped
+            else ""
+        )
+        note = (
+            f'<p id="sd-summary">{p.active:,} active target(s); {p.dropped:,} dropped by '
+            f"relabeling{kept}.</p>"
+        )
+    counts = {Show.ALL: p.total, Show.ACTIVE: p.active, Show.DROPPED: p.dropped_kept}
+    tabs = "".join(
+        f'<a class="tab{" current" if show is current else ""}" id="show-{show.value}" '
+        f'href="{_e(_sd_link(job.name, query, show, 1, p.per_page))}">'
+        f"{show.value.capitalize()} ({counts[show]:,})</a>"
+        for show in Show
+    )
+    return f'{note}<nav class="tabs">{tabs}</nav>'
+
+
+async def discovery_page(request: web.Request) -> web.Response:
+    """A job's targets before and after relabeling, as Prometheus's /service-discovery."""
+    daemon = request.app[DAEMON_KEY]
+    name = request.match_info["job"]
+    job = daemon.jobs.get(name)
+    if job is None:
+        body = '<h1>No such job</h1><p><a href="/">Back to the jobs</a></p>'
+        response = _page("No such job", body, daemon)
+        response.set_status(404)
+        return response
+    query = request.query.get("q", "")[:500]
+    try:
+        show = Show(request.query.get("show", Show.ALL.value))
+    except ValueError:
+        show = Show.ALL
+    p = request.app[DISCOVERY_VIEW_KEY].page(
+        job,
+        query,
+        show,
+        int_param(request.query.get("page"), 1),
+        int_param(request.query.get("per_page"), DEFAULT_PER_PAGE),
+    )
+    form = (
+        f'<form id="filter" method="get" action="{_sd_path(name)}" role="search">'
+        f'<input type="search" name="q" id="filter-input" value="{_e(query)}" '
+        'placeholder="Filter: words that must all appear in name=value, before or after '
+        'relabeling, e.g. __meta_consul_service=api" autocomplete="off" aria-label="Filter targets">'
+        f'<input type="hidden" name="show" value="{_e(show.value)}">'
+        f'<select name="per_page" aria-label="Targets per page">{_per_page_options(p.per_page)}'
+        '</select><button type="submit">Filter</button></form>'
+    )
+    waiting = (
+        '<p class="muted">No targets yet: the job has not synced.</p>'
+        if job.snapshot is None
+        else ""
+    )
+    body = (
+        f'<p class="crumbs"><a href="/">Jobs</a> &rsaquo; <a href="/jobs/{quote(name)}">'
+        f"{_e(name)}</a> &rsaquo;</p><h1>Service discovery: {_e(name)}</h1>"
+        f'<div id="sd-live-summary" data-live>{_sd_summary(job, query, show, p)}{waiting}</div>'
+        f"{_sd_rules(list(job.config.relabel_configs))}{form}"
+        f'<div id="sd-live" data-live>{_sd_table(job, query, show, p)}</div>'
+    )
+    return _page(f"{name} service discovery", body, daemon)
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the UI pages and their static files on ``app``."""
     from pathlib import Path
 
     app.router.add_get("/", index)
     app.router.add_get("/jobs/{job}", job_page)
+    app.router.add_get("/jobs/{job}/service-discovery", discovery_page)
+    view = app[DISCOVERY_VIEW_KEY] = DiscoveryView()
+    app[DAEMON_KEY].on_jobs_changed.append(lambda d: view.retain(set(d.jobs)))
     app.router.add_static("/static", Path(__file__).parent / "static")
