@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -196,3 +198,77 @@ def test_dropping_rule_is_the_rule_process_stops_at() -> None:
     assert dropping_rule({"__address__": "a:1", "env": "dev"}, rules) == 0
     assert dropping_rule({"__address__": "a:1", "env": "prod", "idx": "71"}, rules) == 2
     assert dropping_rule({"__address__": "a:1", "env": "prod", "idx": "1"}, rules) is None
+
+
+async def registry_client(tmp_path: Path, n: int) -> tuple[Client, Daemon]:
+    config = parse_config(
+        {
+            "global": {"data_dir": str(tmp_path)},
+            "jobs": [{"name": "x", "exec_sd_configs": [{"command": ["true"]}]}],
+        }
+    )
+    daemon = Daemon(config)
+    store = await daemon.registry_store.get(tmp_path)
+
+    def labels(i: int) -> dict[str, str]:
+        extra = {"api_token": "tok-SECRET", "note": "<script>x</script>"} if i == 0 else {}
+        return {"env": ENVS[i % 3], "zone": f"z{i % 4}", **extra}
+
+    # Concurrent puts share the store's write batches.
+    await asyncio.gather(
+        *(
+            store.put(f"svc{i % 7}", f"i{i}", f"127.0.0.{1 + i % 250}:{8000 + i}", labels(i), 60)
+            for i in range(n)
+        )
+    )
+    return await client_for(create_app(daemon)), daemon
+
+
+async def test_registry_page_at_10000_instances(tmp_path: Path) -> None:
+    client, daemon = await registry_client(tmp_path, 10_000)
+    try:
+        page = await (await client.get("/registry")).text()
+        assert "of <strong>10,000</strong> instance(s)" in page
+        assert "in 7 service(s)" in page
+        assert page.count('<td class="expiry">') == 100
+        assert len(re.findall(r'data-until="\d+\.\d{3}">(?:in \d+[sm]|expired)<', page)) == 100
+        assert "tok-SECRET" not in page
+        assert "<script>x" not in page
+        assert "registry-live" in live_ids(page)
+        # The filter sees the masked labels only: a secret cannot be guessed through it.
+        secret = await (await client.get("/registry", params={"q": "tok-SECRET"})).text()
+        assert "of <strong>0</strong> instance(s)" in secret
+        masked = await (await client.get("/registry", params={"q": "api_token=<secret>"})).text()
+        assert "of <strong>1</strong> instance(s)" in masked
+        one = await (
+            await client.get("/registry", params={"q": "service=svc3 env=dev", "per_page": "1000"})
+        ).text()
+        expected = sum(1 for i in range(10_000) if i % 7 == 3 and i % 3 == 1)
+        assert f"of <strong>{expected:,}</strong> instance(s)" in one
+        # A deregistration removes the row.
+        store = daemon.registry_store.current
+        assert store is not None
+        await store.delete("svc0", "i0")
+        page = await (await client.get("/registry")).text()
+        assert "of <strong>9,999</strong> instance(s)" in page
+    finally:
+        await client.close()
+        await daemon.registry_store.close()
+
+
+async def test_registry_page_when_the_store_cannot_open(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = parse_config(
+        {
+            "global": {"data_dir": str(blocker / "data")},
+            "jobs": [{"name": "x", "exec_sd_configs": [{"command": ["true"]}]}],
+        }
+    )
+    client = await client_for(create_app(Daemon(config)))
+    try:
+        response = await client.get("/registry")
+        assert response.status == 200
+        assert 'id="registry-error"' in await response.text()
+    finally:
+        await client.close()

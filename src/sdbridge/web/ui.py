@@ -20,11 +20,14 @@ from aiohttp import web
 
 from .. import __version__
 from ..daemon import Daemon
+from ..durations import format_duration
+from ..errors import SdbridgeError
 from ..job import Job
-from ..masking import mask_config
+from ..masking import mask_config, mask_text
 from ..model import LabelSet
 from ..relabel import RelabelConfig
 from .keys import DAEMON_KEY, SD_CLIENTS_KEY, TARGET_INDEX_KEY
+from .registryview import REGISTRY_VIEW_KEY, RegistryPage, RegistryView
 from .sdview import DISCOVERY_VIEW_KEY, DiscoveryPage, DiscoveryView, Row, Show
 from .status import (
     DEFAULT_PER_PAGE,
@@ -508,6 +511,76 @@ async def discovery_page(request: web.Request) -> web.Response:
     return _page(f"{name} service discovery", body, daemon)
 
 
+def _registry_link(query: str, page: int, per_page: int) -> str:
+    params: dict[str, str | int] = {"page": page, "per_page": per_page}
+    if query:
+        params = {"q": query, **params}
+    return f"/registry?{urlencode(params)}"
+
+
+def _registry_table(query: str, p: RegistryPage, now: float) -> str:
+    first = (p.page - 1) * p.per_page + 1 if p.matched else 0
+    last = min(p.page * p.per_page, p.matched)
+    matched = f" matching <q>{_e(query)}</q>" if query else ""
+    count = (
+        f'<p class="count" id="registry-count">Showing {first:,}&ndash;{last:,} of '
+        f"<strong>{p.matched:,}</strong> instance(s){matched} (total {p.total:,} in "
+        f"{p.services:,} service(s)).</p>"
+    )
+    rows = [
+        f'<tr><td class="num muted">{n:,}</td><td>{_e(i.service)}</td>'
+        f'<td class="addr">{_e(i.instance)}</td><td><code>{_e(i.address)}</code></td>'
+        f'<td class="labels">{_chips(i.labels)}</td>'
+        f'<td class="num">{_e(format_duration(i.ttl))}</td>'
+        f'<td class="expiry">{_until(i.expires_at, now)}</td>'
+        f"<td>{_ago(i.registered_at, now)}</td></tr>"
+        for n, i in enumerate(p.items, start=first)
+    ]
+    table = (
+        '<table class="grid filterable" id="registry"><thead><tr><th class="num idx">#</th>'
+        "<th>Service</th><th>Instance</th><th>Address</th><th>Labels</th>"
+        '<th class="num">TTL</th><th>Expires</th><th>Registered</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    pager = _pager(lambda n: _registry_link(query, n, p.per_page), p.page, p.pages)
+    return f"{count}{pager}{table}{pager}"
+
+
+async def registry_page(request: web.Request) -> web.Response:
+    """Every instance in sdbridge's built-in registry, filtered and paginated."""
+    daemon = request.app[DAEMON_KEY]
+    now = time.time()
+    query = request.query.get("q", "")[:500]
+    page = int_param(request.query.get("page"), 1)
+    per_page = int_param(request.query.get("per_page"), DEFAULT_PER_PAGE)
+    form = (
+        '<form id="filter" method="get" action="/registry" role="search">'
+        f'<input type="search" name="q" id="filter-input" value="{_e(query)}" '
+        'placeholder="Filter instances: words that must all appear in name=value, '
+        'e.g. service=api env=prod" autocomplete="off" aria-label="Filter instances">'
+        f'<select name="per_page" aria-label="Instances per page">{_per_page_options(per_page)}'
+        '</select><button type="submit">Filter</button></form>'
+    )
+    try:
+        store = await daemon.registry_store.get(daemon.config.global_.data_dir)
+    except SdbridgeError as exc:
+        live = (
+            '<div class="banner error" id="registry-error">The registry store is unavailable: '
+            f"{_e(mask_text(str(exc)))}</div>"
+        )
+    else:
+        p = request.app[REGISTRY_VIEW_KEY].page(store.instances(), query, page, per_page)
+        live = _registry_table(query, p, now)
+    body = (
+        "<h1>Registry</h1>"
+        '<p class="muted">Instances registered with <code>sdbridge register</code> or '
+        "<code>PUT /api/v1/registry/&lt;service&gt;/&lt;instance&gt;</code>; an instance "
+        "that misses its heartbeat for its TTL expires.</p>"
+        f'{form}<div id="registry-live" data-live>{live}</div>'
+    )
+    return _page("Registry", body, daemon)
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the UI pages and their static files on ``app``."""
     from pathlib import Path
@@ -515,6 +588,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/jobs/{job}", job_page)
     app.router.add_get("/jobs/{job}/service-discovery", discovery_page)
+    app.router.add_get("/registry", registry_page)
+    app[REGISTRY_VIEW_KEY] = RegistryView()
     view = app[DISCOVERY_VIEW_KEY] = DiscoveryView()
     app[DAEMON_KEY].on_jobs_changed.append(lambda d: view.retain(set(d.jobs)))
     app.router.add_static("/static", Path(__file__).parent / "static")
