@@ -2,9 +2,12 @@
 
 ``/`` lists the jobs with their state, last sync and errors, and the config's reload
 status; ``/jobs/<job>`` shows a job's mechanisms and a paginated, filterable table of
-its targets (``?q=words&page=N&per_page=M``, the same filter as the API). Pages are
-built from the same dictionaries as ``/api/v1``. Every value is HTML-escaped: labels
-come from backends and are untrusted.
+its targets (``?q=words&page=N&per_page=M``, the same filter as the API);
+``/jobs/<job>/service-discovery`` shows each target before and after relabeling
+(:mod:`.sdview`); ``/registry`` lists the built-in registry's instances
+(:mod:`.registryview`). Pages are built from the same data as ``/api/v1`` and refresh
+themselves (sdbridge.js). Every value is HTML-escaped: labels come from backends and
+registrations and are untrusted; secrets are masked (:mod:`sdbridge.masking`).
 """
 
 from __future__ import annotations
