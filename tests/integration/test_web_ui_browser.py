@@ -140,6 +140,13 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         driver.quit()
 
 
+def waiter(driver: webdriver.Chrome, timeout: float) -> WebDriverWait[webdriver.Chrome]:
+    """Waits that survive the page swapping its elements (navigation or auto-refresh)."""
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    )
+
+
 def screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
     directory = Path(os.environ.get("SDBRIDGE_SCREENSHOT_DIR", tmp_path))
     directory.mkdir(parents=True, exist_ok=True)
@@ -148,11 +155,12 @@ def screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
     return path
 
 
-def visible_rows(driver: webdriver.Chrome) -> list[str]:
-    """The text of the target rows on screen, read in one go (the page may navigate)."""
+def visible_rows(driver: webdriver.Chrome, table: str = "targets") -> list[str]:
+    """The text of a table's rows on screen, read in one go (the page may navigate)."""
     rows: list[str] = driver.execute_script(
-        "return Array.from(document.querySelectorAll('#targets tbody tr'))"
-        ".filter(r => r.offsetParent !== null).map(r => r.innerText)"
+        "return Array.from(document.querySelectorAll(`#${arguments[0]} tbody tr`))"
+        ".filter(r => r.offsetParent !== null).map(r => r.innerText)",
+        table,
     )
     return rows
 
@@ -160,9 +168,7 @@ def visible_rows(driver: webdriver.Chrome) -> list[str]:
 def test_jobs_targets_filter_and_errors_in_chromium(
     bridge: Sdbridge, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    wait = WebDriverWait(
-        browser, 20, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
-    )
+    wait = waiter(browser, 20)
     browser.get(f"{bridge.url}/")
     jobs = {
         row.get_attribute("data-job"): row.text
@@ -220,27 +226,17 @@ def test_jobs_targets_filter_and_errors_in_chromium(
     screenshot(browser, tmp_path, "payments-failing")
 
 
-def sd_rows(driver: webdriver.Chrome) -> list[str]:
-    rows: list[str] = driver.execute_script(
-        "return Array.from(document.querySelectorAll('#sd-targets tbody tr'))"
-        ".filter(r => r.offsetParent !== null).map(r => r.innerText)"
-    )
-    return rows
-
-
 def test_service_discovery_page_in_chromium(
     bridge: Sdbridge, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    wait = WebDriverWait(
-        browser, 20, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
-    )
+    wait = waiter(browser, 20)
     dropped = sum(1 for i in range(TARGETS) if ENVS[i % 3] == "dev")
     browser.get(f"{bridge.url}/jobs/relabeled")
     browser.find_element(By.ID, "sd-link").click()
     wait.until(lambda d: d.find_elements(By.ID, "sd-summary"))
     summary = browser.find_element(By.ID, "sd-summary").text
     assert f"{TARGETS - dropped:,} active target(s); {dropped:,} dropped by relabeling" in summary
-    rows = sd_rows(browser)
+    rows = visible_rows(browser, "sd-targets")
     assert len(rows) == 100
     width = browser.execute_script("return document.documentElement.scrollWidth")
     assert width <= browser.execute_script("return window.innerWidth")
@@ -248,7 +244,7 @@ def test_service_discovery_page_in_chromium(
 
     browser.find_element(By.ID, "show-dropped").click()
     wait.until(lambda d: "show=dropped" in d.current_url)
-    rows = sd_rows(browser)
+    rows = visible_rows(browser, "sd-targets")
     assert len(rows) == 100
     assert all("env=dev" in row and "Dropped by relabel_configs[0]" in row for row in rows)
     assert f"of {dropped:,} dropped target(s)" in browser.find_element(By.ID, "sd-count").text
@@ -261,7 +257,7 @@ def test_service_discovery_page_in_chromium(
     expected = sum(1 for i in range(TARGETS) if ENVS[i % 3] != "dev" and i % 11 == 3 and i % 4 == 2)
     count = browser.find_element(By.ID, "sd-count").text
     assert f"of {expected:,} active target(s)" in count
-    assert all("owner=team-3" in row for row in sd_rows(browser))
+    assert all("owner=team-3" in row for row in visible_rows(browser, "sd-targets"))
     screenshot(browser, tmp_path, "service-discovery-filtered")
 
 
@@ -280,9 +276,7 @@ def register(bridge: Sdbridge, service: str, instance: str, address: str) -> Non
 def test_registry_page_refreshes_itself_in_chromium(
     bridge: Sdbridge, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    wait = WebDriverWait(
-        browser, 30, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
-    )
+    wait = waiter(browser, 30)
     browser.get(f"{bridge.url}/")
     browser.find_element(By.LINK_TEXT, "Registry").click()
     wait.until(lambda d: d.find_elements(By.ID, "registry-count"))

@@ -21,19 +21,6 @@ from .status import MAX_PER_PAGE
 
 
 @dataclass(frozen=True, slots=True)
-class ShownInstance:
-    """An instance as the page shows it: masked."""
-
-    service: str
-    instance: str
-    address: str
-    labels: dict[str, str]
-    ttl: float
-    expires_at: float
-    registered_at: float
-
-
-@dataclass(frozen=True, slots=True)
 class RegistryPage:
     """One page of the registered instances after filtering."""
 
@@ -42,7 +29,7 @@ class RegistryPage:
     matched: int
     page: int
     per_page: int
-    items: list[ShownInstance]
+    items: list[Instance]  # masked
 
     @property
     def pages(self) -> int:
@@ -54,20 +41,17 @@ class RegistryPage:
 class _Masked:
     address: str
     labels: Mapping[str, str]  # the store's own mapping: identity says "unchanged"
-    shown: ShownInstance
+    shown: Instance  # masked
     text: str  # lower-cased, for the filter
 
 
 def _mask(instance: Instance) -> _Masked:
     labels: dict[str, str] = mask_config(dict(sorted(instance.labels.items())))
-    shown = ShownInstance(
-        service=instance.service,
+    shown = dataclasses.replace(
+        instance,
         instance=mask_text(instance.instance),
         address=mask_text(instance.address),
         labels=labels,
-        ttl=instance.ttl,
-        expires_at=instance.expires_at,
-        registered_at=instance.registered_at,
     )
     text = "\n".join(
         [

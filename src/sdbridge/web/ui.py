@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -27,7 +27,6 @@ from ..durations import format_duration
 from ..errors import SdbridgeError
 from ..job import Job
 from ..masking import mask_config, mask_text
-from ..model import LabelSet
 from ..relabel import RelabelConfig
 from .keys import DAEMON_KEY, SD_CLIENTS_KEY, TARGET_INDEX_KEY
 from .registryview import REGISTRY_VIEW_KEY, RegistryPage, RegistryView
@@ -255,7 +254,7 @@ def _pager(link_to: Callable[[int], str], page: int, pages: int) -> str:
     )
 
 
-def _chips(labels: LabelSet, *, skip_address: bool = False) -> str:
+def _chips(labels: Mapping[str, str], *, skip_address: bool = False) -> str:
     return " ".join(
         f'<span class="label"><span class="k">{_e(k)}</span>=<span class="v">{_e(v)}</span></span>'
         for k, v in labels.items()
@@ -309,16 +308,20 @@ def _targets_section(job: str, query: str, p: TargetPage, synced: bool) -> str:
     return f"<h2>Targets</h2>{form}{live}"
 
 
+def _no_such_job(daemon: Daemon) -> web.Response:
+    body = '<h1>No such job</h1><p><a href="/">Back to the jobs</a></p>'
+    response = _page("No such job", body, daemon)
+    response.set_status(404)
+    return response
+
+
 async def job_page(request: web.Request) -> web.Response:
     """One job: its mechanisms, errors and targets."""
     daemon = request.app[DAEMON_KEY]
     name = request.match_info["job"]
     job = daemon.jobs.get(name)
     if job is None:
-        body = '<h1>No such job</h1><p><a href="/">Back to the jobs</a></p>'
-        response = _page("No such job", body, daemon)
-        response.set_status(404)
-        return response
+        return _no_such_job(daemon)
     now = time.time()
     s = job_summary(job)
     clients = request.app[SD_CLIENTS_KEY].clients(name)
@@ -474,10 +477,7 @@ async def discovery_page(request: web.Request) -> web.Response:
     name = request.match_info["job"]
     job = daemon.jobs.get(name)
     if job is None:
-        body = '<h1>No such job</h1><p><a href="/">Back to the jobs</a></p>'
-        response = _page("No such job", body, daemon)
-        response.set_status(404)
-        return response
+        return _no_such_job(daemon)
     query = request.query.get("q", "")[:500]
     try:
         show = Show(request.query.get("show", Show.ALL.value))
