@@ -101,12 +101,14 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sdbridge]:
     # "payments" never syncs, so sdbridge never becomes ready: wait for the jobs instead.
     bridge = Sdbridge(workdir, config, wait_ready=False)
     try:
-        for job in ("fleet", "relabeled"):
-            wait_until(
-                lambda job=job: bridge.process.alive() and bridge.request(f"/sd/{job}")[0] == 200,
-                timeout=60,
-                what=f"the {job} job",
-            )
+        wait_until(
+            lambda: (
+                bridge.process.alive()
+                and all(bridge.request(f"/sd/{job}")[0] == 200 for job in ("fleet", "relabeled"))
+            ),
+            timeout=60,
+            what="the fleet and relabeled jobs",
+        )
         wait_until(
             lambda: b"refused the connection" in bridge.request("/api/v1/jobs/payments")[1],
             timeout=60,

@@ -159,7 +159,9 @@ async def test_service_discovery_page_at_10000_targets(sd_client: Client) -> Non
     assert len(shown) == 1000
     assert all('class="dropped"' in r for r in shown)
     for row in shown:
-        idx = int(re.search(r'<span class="k">idx</span>=<span class="v">(\d+)<', row)[1])
+        found = re.search(r'<span class="k">idx</span>=<span class="v">(\d+)<', row)
+        assert found is not None
+        idx = int(found[1])
         rule = 0 if idx % 3 == 1 else 2
         assert f"relabel_configs[{rule}]" in row, row
     assert "action: &quot;drop&quot;, source_labels: [&quot;env&quot;]" in dropped
