@@ -17,7 +17,7 @@ from functools import lru_cache
 from aiohttp import web
 
 from ..masking import mask_config, mask_text
-from ..registry.store import Instance, Key
+from ..registry.instance import Instance, Key
 from .status import MAX_PER_PAGE
 
 
