@@ -77,6 +77,16 @@ def resolve_path(path: Path, base_dir: Path) -> Path:
     return path if path.is_absolute() else Path(os.path.normpath(base_dir / path))
 
 
+def require_positive(value: float, name: str = "") -> float:
+    """``value`` if above 0; the ValueError a config validator raises otherwise.
+
+    ``name`` is left out where pydantic already names the field in the error.
+    """
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0".lstrip())
+    return value
+
+
 class RefreshConfig(MechanismConfig):
     """Config of a polling mechanism."""
 
@@ -85,9 +95,7 @@ class RefreshConfig(MechanismConfig):
     @field_validator("refresh_interval")
     @classmethod
     def _positive_interval(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("refresh_interval must be greater than 0")
-        return value
+        return require_positive(value, "refresh_interval")
 
 
 @dataclass

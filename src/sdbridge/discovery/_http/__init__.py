@@ -35,6 +35,7 @@ from .options import (
     auth_headers,
     read_secret,
     resolve_files,
+    url_path_prefix,
 )
 from .stream import enable_tcp_keepalive, read_lines
 
@@ -61,4 +62,5 @@ __all__ = [
     "request_error",
     "resolve_files",
     "status_error",
+    "url_path_prefix",
 ]

@@ -41,6 +41,12 @@ def resolve_files(model: _Model, names: tuple[str, ...], base_dir: Path) -> _Mod
     return model.model_copy(update=update) if update else model
 
 
+def url_path_prefix(value: str) -> str:
+    """A configured URL path prefix as ``/a/b``: no trailing slash, a leading one added."""
+    value = value.strip().rstrip("/")
+    return value if not value or value.startswith("/") else "/" + value
+
+
 class TLSFiles(MechanismConfig):
     """The certificate files of a ``tls_config`` and whether to verify the server."""
 

@@ -7,7 +7,8 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ...durations import Duration
-from .._http import BasicAuthConfig, HTTPClientConfig
+from .._http import BasicAuthConfig, HTTPClientConfig, url_path_prefix
+from ..base import require_positive
 
 MAX_WAIT = 600.0  # Consul caps ``wait`` at 10 minutes
 
@@ -52,8 +53,7 @@ class ConsulSDConfig(HTTPClientConfig):
     @field_validator("path_prefix")
     @classmethod
     def _path_prefix(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        return value if not value or value.startswith("/") else "/" + value
+        return url_path_prefix(value)
 
     @field_validator("watch_timeout")
     @classmethod
@@ -65,9 +65,7 @@ class ConsulSDConfig(HTTPClientConfig):
     @field_validator("refresh_interval", "request_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0")
-        return value
+        return require_positive(value)
 
     @model_validator(mode="after")
     def _auth(self) -> Self:

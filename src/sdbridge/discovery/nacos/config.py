@@ -8,8 +8,8 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ...durations import Duration
-from .._http import HTTPClientConfig, resolve_files
-from ..base import RefreshConfig
+from .._http import HTTPClientConfig, resolve_files, url_path_prefix
+from ..base import RefreshConfig, require_positive
 
 ALL = "*"  # namespace: every namespace the server lists
 
@@ -73,15 +73,12 @@ class NacosSDConfig(RefreshConfig, HTTPClientConfig):
     @field_validator("context_path")
     @classmethod
     def _context_path(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        return value if not value or value.startswith("/") else "/" + value
+        return url_path_prefix(value)
 
     @field_validator("resync_interval", "request_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0")
-        return value
+        return require_positive(value)
 
     @model_validator(mode="after")
     def _auth(self) -> Self:

@@ -39,7 +39,15 @@ from ...errors import BackendError, DiscoveryError
 from ...model import TargetGroup
 from .. import register
 from .._http import TLSConfig, read_secret
-from ..base import Backoff, DiscoveryContext, RefreshConfig, RefreshDiscoverer, Send, resolve_path
+from ..base import (
+    Backoff,
+    DiscoveryContext,
+    RefreshConfig,
+    RefreshDiscoverer,
+    Send,
+    require_positive,
+    resolve_path,
+)
 from .drivers import (
     POSTGRES_SCHEMES,
     SQLITE_SCHEMES,
@@ -57,12 +65,6 @@ __all__ = ["META", "SQLDiscoverer", "SQLSDConfig"]
 
 _MAX_REPORTED_ROWS = 10  # skipped rows logged one by one per refresh; the rest are counted
 _LISTEN_BACKOFF = (1.0, 30.0)
-
-
-def _positive(name: str, value: float) -> float:
-    if value <= 0:
-        raise ValueError(f"{name} must be greater than 0")
-    return value
 
 
 class SQLSDConfig(RefreshConfig):
@@ -89,7 +91,7 @@ class SQLSDConfig(RefreshConfig):
     @field_validator("change_interval", "statement_timeout", "connect_timeout")
     @classmethod
     def _positive_durations(cls, value: float, info: ValidationInfo) -> float:
-        return _positive(str(info.field_name), value)
+        return require_positive(value, str(info.field_name))
 
     @field_validator("query", "change_query")
     @classmethod
