@@ -2,7 +2,8 @@
 
 - :class:`ThreadedServer`: a double with ``start_async``/``stop_async`` gets ``start()``,
   ``stop()`` and ``with double:``, serving from a background thread with its own event
-  loop, so that synchronous tests and benches can drive it;
+  loop, so that synchronous tests and benches can drive it; ``serve_app``/``close_app``
+  serve its aiohttp app on 127.0.0.1;
 - :class:`Fault` and :class:`FaultInjector`: faults injected per path (a regex searched in
   the request path), each for ``count`` requests or until cleared;
 - :func:`reset_connection`: close a connection with a TCP RST, as a crashed server does.
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import ssl
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -99,8 +101,39 @@ class ThreadedServer:
 
     thread_name = "double"
 
+    port: int = 0  # 0 until listening: then the port bound
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+
+    async def serve_app(
+        self,
+        app: web.Application,
+        *,
+        backlog: int = 128,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Serve ``app`` on 127.0.0.1:``self.port``; a port of 0 becomes the one bound."""
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            "127.0.0.1",
+            self.port,
+            backlog=backlog,
+            reuse_address=True,
+            ssl_context=ssl_context,
+        )
+        await site.start()
+        server = getattr(site, "_server", None)
+        if self.port == 0 and server is not None and server.sockets:
+            self.port = int(server.sockets[0].getsockname()[1])
+
+    async def close_app(self) -> None:
+        """Stop serving the app ``serve_app`` serves, if it does."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     async def start_async(self) -> None:  # pragma: no cover - each double has its own
         """Start serving in the running event loop (and set ``self._loop``)."""

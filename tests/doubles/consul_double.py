@@ -312,30 +312,15 @@ class ConsulDouble(ThreadedServer, FaultInjector):
         """Start serving in the running event loop."""
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
         # Thousands of long-polls open at once: a small backlog would stall clients in SYN retries.
-        site = web.TCPSite(
-            self._runner,
-            "127.0.0.1",
-            self.port,
-            backlog=4096,
-            reuse_address=True,
-            ssl_context=self.ssl_context,
-        )
-        await site.start()
-        server = getattr(site, "_server", None)
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
+        await self.serve_app(self.make_app(), backlog=4096, ssl_context=self.ssl_context)
 
     async def stop_async(self) -> None:
         """Stop serving; wakes every blocking query first."""
         if self._stopped is not None:
             self._stopped.set()
         self._notify(everything=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.close_app()
 
     # --- stats -------------------------------------------------------------------------
 

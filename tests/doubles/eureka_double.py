@@ -197,19 +197,11 @@ class EurekaDouble(ThreadedServer, FaultInjector):
     async def start_async(self) -> None:
         """Start serving in the running event loop."""
         self._loop = asyncio.get_running_loop()
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
+        await self.serve_app(self.make_app())
 
     async def stop_async(self) -> None:
         """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.close_app()
 
     # --- registry (thread-safe) ----------------------------------------------------------
 

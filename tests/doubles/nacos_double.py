@@ -166,13 +166,7 @@ class NacosDouble(ThreadedServer, FaultInjector):
         self._loop = asyncio.get_running_loop()
         if self.port == 0:
             self.port = free_port_pair() if self.grpc_enabled and self.grpc_port is None else 0
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024, reuse_address=True)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if self.port == 0 and server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
+        await self.serve_app(self.make_app(), backlog=1024)
         if self.grpc_enabled:
             from tests.doubles.nacos_grpc import GrpcNaming
 
@@ -182,9 +176,7 @@ class NacosDouble(ThreadedServer, FaultInjector):
     async def stop_async(self) -> None:
         if self.grpc_server is not None:
             await self.grpc_server.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.close_app()
 
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in the double's loop (for gRPC pushes after a change)."""
