@@ -30,6 +30,7 @@ from tests.doubles.consul_double import ConsulDouble, compile_filter, parse_go_d
 from tests.doubles.http_proxy import running_proxy
 from tests.doubles.oauth2 import TokenEndpoint, serving
 from tests.servers.tls import self_signed
+from tests.unit.fakes import background
 
 # --- config ------------------------------------------------------------------------------
 
@@ -238,13 +239,8 @@ class Harness:
 @contextlib.asynccontextmanager
 async def discovering(double: ConsulDouble, **options: Any) -> AsyncIterator[Harness]:
     harness = Harness(double, **options)
-    task = asyncio.create_task(harness.discoverer.run(harness.send))
-    try:
+    async with background(harness.discoverer.run(harness.send)):
         yield harness
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ falling back to full fetches, and keeping the last good targets on any bad answe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +22,7 @@ from sdbridge.errors import BackendError
 from sdbridge.model import TargetGroup
 from tests.doubles.eureka_double import EurekaDouble, instance, running
 from tests.servers.common import free_port
+from tests.unit.fakes import background
 
 
 @pytest.fixture
@@ -195,8 +195,7 @@ async def test_server_down_keeps_the_last_good_targets_then_recovers() -> None:
     eureka.register(instance("web", "127.0.0.1", 8080))
     context = DiscoveryContext(job="eureka-test", mechanism="eureka")
     config = EurekaSDConfig(server=eureka.url, refresh_interval="50ms")  # type: ignore[arg-type]
-    task = asyncio.create_task(EurekaDiscoverer(config, context).run(_append(sent, context)))
-    try:
+    async with background(EurekaDiscoverer(config, context).run(_append(sent, context))):
         await _until(lambda: len(sent) >= 1)
         assert addresses(sent[0]) == {"WEB": ["127.0.0.1:8080"]}
         eureka.stop()
@@ -213,10 +212,6 @@ async def test_server_down_keeps_the_last_good_targets_then_recovers() -> None:
         changes = {g.source: g.targets for groups in sent for g in groups}
         assert changes["WEB"] == ()  # removed, by the reconcile fetch
         assert context.status.failing_since is None
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _append(

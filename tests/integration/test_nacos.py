@@ -24,6 +24,7 @@ from sdbridge.model import TargetGroup
 from sdbridge.relabel import compile_rules, process
 from tests.doubles.nacos_double import NacosDouble, running
 from tests.servers.nacos_sdk import sdk_python
+from tests.unit.fakes import background
 
 VERSIONS = ("1.x", "2.x", "3.x")
 
@@ -446,13 +447,8 @@ class Running:
 async def running_discoverer(double: NacosDouble, **options: Any) -> AsyncIterator[Running]:
     options.setdefault("grpc", True)
     harness = Running(make(double, **options))
-    task = asyncio.create_task(harness.discoverer.run(harness.send))
-    try:
+    async with background(harness.discoverer.run(harness.send)):
         yield harness
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.mark.parametrize("version", ["2.x", "3.x"])

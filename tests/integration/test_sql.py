@@ -33,7 +33,7 @@ from sdbridge.model import TargetGroup
 from tests.servers.common import free_port
 from tests.servers.mariadb import MariaDBServer, mariadb  # noqa: F401 - fixture
 from tests.servers.postgres import PostgresServer, postgres  # noqa: F401 - fixture
-from tests.unit.fakes import RecordingOutput, until
+from tests.unit.fakes import RecordingOutput, running, until
 
 READER_PASSWORD = "reader-pw-Zq7!x"  # must never appear in a message
 Targets = dict[str, list[dict[str, str]]]  # address -> the label sets of its targets
@@ -353,13 +353,8 @@ async def running_job(
     )
     recording = RecordingOutput()
     job = Job(config.jobs[0], config.global_, extra_outputs=[recording])
-    task = asyncio.create_task(job.run())
-    try:
+    async with running(job):
         yield job, recording
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def file_addresses(tmp_path: Path) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 
 from sdbridge.config import GlobalConfig, JobConfigBase, PublishDelay, config_models
@@ -80,15 +80,22 @@ class Runnable(Protocol):
 
 
 @contextlib.asynccontextmanager
-async def running(runnable: Runnable) -> AsyncIterator[None]:
-    """Run ``runnable.run()`` as a task for the ``async with`` block; cancel it after."""
-    task = asyncio.create_task(runnable.run())
+async def background(work: Coroutine[Any, Any, object]) -> AsyncIterator[asyncio.Task[object]]:
+    """Run ``work`` as a task for the ``async with`` block; cancel it after."""
+    task = asyncio.create_task(work)
     try:
-        yield
+        yield task
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def running(runnable: Runnable) -> AsyncIterator[None]:
+    """Run ``runnable.run()`` as a task for the ``async with`` block; cancel it after."""
+    async with background(runnable.run()):
+        yield
 
 
 def job_config(name: str = "test", mechanisms: int = 1, **extra: Any) -> JobConfigBase:
