@@ -82,6 +82,11 @@ def result(data: Any, code: int = 0, message: str = "success") -> dict[str, Any]
     return {"code": code, "message": message, "data": data}
 
 
+def identity(instance: dict[str, Any]) -> tuple[str, int, str]:
+    """What Nacos keys an instance of a service by: ip, port and cluster."""
+    return instance["ip"], instance["port"], instance["clusterName"]
+
+
 class NacosDouble(ThreadedServer, FaultInjector):
     """An in-memory Nacos naming server served over HTTP (and gRPC) on 127.0.0.1."""
 
@@ -234,9 +239,7 @@ class NacosDouble(ThreadedServer, FaultInjector):
             created = (group, service) not in table
             entry = table.setdefault((group, service), {"metadata": {}, "instances": []})
             entry["instances"] = [
-                i
-                for i in entry["instances"]
-                if (i["ip"], i["port"], i["clusterName"]) != (ip, port, cluster)
+                i for i in entry["instances"] if identity(i) != (ip, port, cluster)
             ] + [instance]
         if created:
             self._service_moved(ns, group, service, "ADD_SERVICE")
@@ -259,9 +262,7 @@ class NacosDouble(ThreadedServer, FaultInjector):
             if entry is None:
                 return
             entry["instances"] = [
-                i
-                for i in entry["instances"]
-                if (i["ip"], i["port"], i["clusterName"]) != (ip, port, cluster)
+                i for i in entry["instances"] if identity(i) != (ip, port, cluster)
             ]
         self._changed(ns, group, service)
 
@@ -280,11 +281,7 @@ class NacosDouble(ThreadedServer, FaultInjector):
         ns = namespace_id(namespace)
         with self._lock:
             for instance in self._data[ns][(group, service)]["instances"]:
-                if (instance["ip"], instance["port"], instance["clusterName"]) == (
-                    ip,
-                    port,
-                    cluster,
-                ):
+                if identity(instance) == (ip, port, cluster):
                     instance.update(changes)
         self._changed(ns, group, service)
 
