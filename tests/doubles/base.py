@@ -129,6 +129,21 @@ class ThreadedServer:
         if self.port == 0 and server is not None and server.sockets:
             self.port = int(server.sockets[0].getsockname()[1])
 
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8848``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def serve_forever(self, name: str) -> None:
+        """Serve in this process's event loop until killed (a double run with ``-m``)."""
+
+        async def serve() -> None:
+            await self.start_async()
+            print(f"{name} listening on {self.url}", flush=True)
+            await asyncio.Event().wait()
+
+        asyncio.run(serve())
+
     async def close_app(self) -> None:
         """Stop serving the app ``serve_app`` serves, if it does."""
         if self._runner is not None:

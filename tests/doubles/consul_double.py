@@ -39,7 +39,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -1106,14 +1106,9 @@ async def _damaged(
     return stream
 
 
-@contextlib.contextmanager
-def running(**options: Any) -> Iterator[ConsulDouble]:
-    """A double serving from a background thread for the duration of a with-block."""
-    double = ConsulDouble(**options).start()
-    try:
-        yield double
-    finally:
-        double.stop()
+def running(**options: Any) -> ConsulDouble:
+    """A double for a with-block: it serves from a thread until the block ends."""
+    return ConsulDouble(**options)
 
 
 def main() -> None:
@@ -1124,13 +1119,7 @@ def main() -> None:
     parser.add_argument("--jitter", action="store_true")
     args = parser.parse_args()
     double = ConsulDouble(port=args.port, datacenter=args.datacenter, jitter=args.jitter)
-
-    async def serve() -> None:
-        await double.start_async()
-        print(f"consul double listening on {double.url}", flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
+    double.serve_forever("consul double")
 
 
 if __name__ == "__main__":

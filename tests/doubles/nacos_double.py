@@ -46,14 +46,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import secrets
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -139,10 +138,6 @@ class NacosDouble(ThreadedServer, FaultInjector):
         return int(self.version[0])
 
     # --- lifecycle ---------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def address(self) -> str:
@@ -696,13 +691,9 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
-@contextlib.contextmanager
-def running(**options: Any) -> Iterator[NacosDouble]:
-    double = NacosDouble(**options).start()
-    try:
-        yield double
-    finally:
-        double.stop()
+def running(**options: Any) -> NacosDouble:
+    """A double for a with-block: it serves from a thread until the block ends."""
+    return NacosDouble(**options)
 
 
 def main() -> None:
@@ -718,13 +709,7 @@ def main() -> None:
         grpc=not args.no_grpc and args.version != "1.x",
         admin_api_compat=args.admin_api_compat,
     )
-
-    async def serve() -> None:
-        await double.start_async()
-        print(f"nacos double listening on {double.url}", flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
+    double.serve_forever("nacos double")
 
 
 if __name__ == "__main__":
